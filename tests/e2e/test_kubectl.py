@@ -159,13 +159,12 @@ def test_apply_twice_then_server_side(kubectl):
     assert d["metadata"]["generation"] == 2
     out = kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=changed.replace("replicas: 4", "replicas: 5"))
     assert "serverside-applied" in out
-    d = json.loads(kubectl("get", "deploy", "web", "-n", "shop2", "-o", "json"))
+    d = json.loads(kubectl("get", "deploy", "web", "-n", "shop2", "-o", "json", "--show-managed-fields"))
     assert d["spec"]["replicas"] == 5
     assert any(m["manager"] == "kubectl" and m["operation"] == "Apply" for m in d["metadata"]["managedFields"])
 
 
 def test_server_side_apply_conflict(kubectl):
-    kubectl("create", "deployment", "ssa", "--image=busybox")
     doc = textwrap.dedent("""\
         apiVersion: apps/v1
         kind: Deployment
@@ -283,7 +282,7 @@ def test_invalid_objects(kubectl):
     assert 'is invalid' in p.stderr
     assert "metadata.name: Invalid value: \"Bad_Name\"" in p.stderr
     assert "spec.template.spec.containers[0].image: Required value" in p.stderr
-    wrong_type = bad.replace("Bad_Name", "good").replace("replicas: 1", "replicas: many").replace("- name: c", "- name: c\n            image: busybox")
+    wrong_type = bad.replace("Bad_Name", "good").replace("replicas: 1", "replicas: many").replace("      - name: c", "      - name: c\n        image: busybox")
     p = kubectl.run("create", "--validate=false", "-f", "-", input=wrong_type, check=False)
     assert p.returncode != 0
     assert "spec.replicas" in p.stderr, p.stderr

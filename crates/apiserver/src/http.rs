@@ -161,19 +161,19 @@ async fn handle(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > MAX_BODY) {
+        drain(req.into_body()).await;
         return error(&ApiError::too_large());
     }
     let upgrade = req
         .headers()
         .contains_key(header::UPGRADE)
         .then(|| hyper::upgrade::on(&mut req));
-    let (parts, body) = req.into_parts();
-    let body = match Limited::new(body, MAX_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
+    let (parts, mut body) = req.into_parts();
+    let collected = Limited::new(&mut body, MAX_BODY).collect().await.map(|b| b.to_bytes());
+    let body = match collected {
+        Ok(b) => b,
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+            drain(body).await;
             return error(&ApiError::too_large());
         }
         Err(e) => {
@@ -194,6 +194,19 @@ async fn handle(
     let resp = server.route(r).await;
     tracing::debug!(%peer, method = %parts.method, %path, status = resp.status().as_u16(), elapsed_us = start.elapsed().as_micros() as u64, "request");
     resp
+}
+
+/// Reads and discards what is left of an oversized body (bounded in bytes and time), so a
+/// client still sending it reads the 413 instead of a reset connection.
+async fn drain(mut body: Incoming) {
+    let mut left: usize = 64 * 1024 * 1024;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while left > 0 {
+        match tokio::time::timeout_at(deadline, body.frame()).await {
+            Ok(Some(Ok(f))) => left = left.saturating_sub(f.data_ref().map_or(0, |d| d.len())),
+            _ => break,
+        }
+    }
 }
 
 /// The server's TLS configuration: our serving certificate, client certificates optional but

@@ -106,8 +106,18 @@ impl Query {
             .map(|(_, v)| v.as_str())
     }
 
+    /// A boolean parameter, parsed like Go's `strconv.ParseBool` (clients send `True` too).
     pub fn flag(&self, key: &str) -> bool {
-        matches!(self.get(key), Some("true") | Some("1") | Some(""))
+        matches!(self.get(key), Some("1" | "t" | "T" | "true" | "TRUE" | "True" | ""))
+    }
+
+    /// A boolean parameter when present and well-formed.
+    pub fn bool(&self, key: &str) -> Option<bool> {
+        match self.get(key)? {
+            "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
+            "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
+            _ => None,
+        }
     }
 
     pub fn non_empty(&self, key: &str) -> Option<&str> {

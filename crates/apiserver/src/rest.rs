@@ -705,6 +705,16 @@ fn default_and_validate(
     }
 }
 
+/// Server-owned metadata and the initial status of a new object.
+fn prepare_create(ctx: &Ctx<'_>, obj: &mut Value, name: &str) {
+    prepare_new(&ctx.res, obj, name, ctx.ns.as_deref());
+    initial_status(&ctx.res, obj);
+    if ctx.res.kind == "Job" && ctx.res.group == "batch" {
+        let uid = meta_str(obj, "uid").unwrap_or_default().to_string();
+        api::defaults::job_selector(obj, &uid);
+    }
+}
+
 /// Kind-specific state a fresh object starts with.
 fn initial_status(res: &Resource, obj: &mut Value) {
     match (res.group.as_str(), res.kind.as_str()) {
@@ -729,13 +739,8 @@ async fn create(ctx: &Ctx<'_>) -> ApiResult<Response<Body>> {
     check_type(ctx, &mut obj, &ctx.res.kind.clone(), &ctx.res.api_version())?;
     let name = resolve_name(ctx, &mut obj)?;
     let warnings = check_schema(ctx, &mut obj, &name)?;
-    prepare_new(&ctx.res, &mut obj, &name, ctx.ns.as_deref());
-    initial_status(&ctx.res, &mut obj);
+    prepare_create(ctx, &mut obj, &name);
     default_and_validate(ctx, &mut obj, None, &name)?;
-    if ctx.res.kind == "Job" && ctx.res.group == "batch" {
-        let uid = meta_str(&obj, "uid").unwrap_or_default().to_string();
-        api::defaults::job_selector(&mut obj, &uid);
-    }
     check_namespace(ctx).await?;
     crate::admission::on_create(ctx, &mut obj)?;
     let manager = ctx.manager()?;
@@ -792,8 +797,7 @@ where
         let Some((old, kv)) = current else {
             // Only apply patches create (the mutate function refuses otherwise).
             let warnings = check_schema(ctx, &mut new, name)?;
-            prepare_new(&ctx.res, &mut new, name, ctx.ns.as_deref());
-            initial_status(&ctx.res, &mut new);
+            prepare_create(ctx, &mut new, name);
             default_and_validate(ctx, &mut new, None, name)?;
             check_namespace(ctx).await?;
             crate::admission::on_create(ctx, &mut new)?;

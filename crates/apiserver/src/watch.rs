@@ -76,11 +76,7 @@ pub async fn watch(ctx: Ctx<'_>) -> ApiResult<Response<Body>> {
     let filter = Filter::parse(&ctx)?;
     let q = &ctx.req.query;
     let bookmarks = q.flag("allowWatchBookmarks");
-    let send_initial = match q.get("sendInitialEvents") {
-        Some("true") => Some(true),
-        Some("false") => Some(false),
-        _ => None,
-    };
+    let send_initial = q.bool("sendInitialEvents");
     if send_initial.is_some() && q.get("resourceVersionMatch") != Some("NotOlderThan") {
         return Err(ApiError::invalid(
             &ctx.target(""),

@@ -1345,36 +1345,3 @@ fn crd_table() {
     assert_eq!(t["columnDefinitions"][2]["priority"], 1);
     assert_eq!(t["rows"][0]["cells"], json!(["w", "True", 2]));
 }
-
-/// `cargo test -p api --release table::tests::ten_thousand_pods -- --ignored`
-#[test]
-#[ignore = "timing; run in release"]
-fn ten_thousand_pods() {
-    let pods: Vec<Value> = (0..10_000)
-        .map(|i| {
-            let mut p = pod_fixture(&format!("pod-{i}"), "Running");
-            p["metadata"]["labels"] = json!({"app": "web", "pod-template-hash": "abc123"});
-            p["status"]["containerStatuses"] = json!([running("a")]);
-            p["status"]["podIPs"] = json!([{"ip": "10.0.0.1"}]);
-            p
-        })
-        .collect();
-    let start = std::time::Instant::now();
-    let mut buf = Vec::with_capacity(8 << 20);
-    write_table(
-        &mut buf,
-        "",
-        "Pod",
-        &pods,
-        IncludeObject::Metadata,
-        &ListMeta::default(),
-        now(),
-    )
-    .expect("serializes");
-    let elapsed = start.elapsed();
-    eprintln!("10k pods: {elapsed:?}, {} bytes", buf.len());
-    assert!(
-        elapsed < std::time::Duration::from_millis(50),
-        "{elapsed:?}"
-    );
-}
