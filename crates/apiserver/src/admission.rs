@@ -31,10 +31,10 @@ pub fn on_create(ctx: &Ctx<'_>, obj: &mut Value) -> ApiResult<()> {
 
 /// After a successful write.
 pub fn after_write(ctx: &Ctx<'_>, _obj: &Value) {
-    if ctx.res.group == "apiextensions.k8s.io" {
-        if let Err(e) = crate::crd::reload(ctx.server) {
-            tracing::warn!("reloading custom resources failed: {e:#}");
-        }
+    if ctx.res.group == "apiextensions.k8s.io"
+        && let Err(e) = crate::crd::reload(ctx.server)
+    {
+        tracing::warn!("reloading custom resources failed: {e:#}");
     }
 }
 

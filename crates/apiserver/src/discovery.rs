@@ -71,7 +71,11 @@ pub fn route(server: &Arc<ApiServer>, req: &Req) -> Option<Response<Body>> {
         // Schemas are published as OpenAPI v3 only. An empty v2 document (a valid, empty
         // protobuf message) tells clients that fall back to v2 (kubectl validating a `List`)
         // that no v2 schemas exist, so they skip client-side checks; the server validates.
-        ["openapi", "v2"] => Some(respond(200, "application/com.github.proto-openapi.spec.v2.v1.0+protobuf", bytes::Bytes::new())),
+        ["openapi", "v2"] => Some(respond(
+            200,
+            "application/com.github.proto-openapi.spec.v2.v1.0+protobuf",
+            bytes::Bytes::new(),
+        )),
         ["openapi", "v3", rest @ ..] => openapi_document(&table, &rest.join("/")),
         _ => None,
     }

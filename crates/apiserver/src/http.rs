@@ -169,10 +169,16 @@ async fn handle(
         .contains_key(header::UPGRADE)
         .then(|| hyper::upgrade::on(&mut req));
     let (parts, mut body) = req.into_parts();
-    let collected = Limited::new(&mut body, MAX_BODY).collect().await.map(|b| b.to_bytes());
+    let collected = Limited::new(&mut body, MAX_BODY)
+        .collect()
+        .await
+        .map(|b| b.to_bytes());
     let body = match collected {
         Ok(b) => b,
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
             drain(body).await;
             return error(&ApiError::too_large());
         }

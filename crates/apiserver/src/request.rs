@@ -108,7 +108,10 @@ impl Query {
 
     /// A boolean parameter, parsed like Go's `strconv.ParseBool` (clients send `True` too).
     pub fn flag(&self, key: &str) -> bool {
-        matches!(self.get(key), Some("1" | "t" | "T" | "true" | "TRUE" | "True" | ""))
+        matches!(
+            self.get(key),
+            Some("1" | "t" | "T" | "true" | "TRUE" | "True" | "")
+        )
     }
 
     /// A boolean parameter when present and well-formed.

@@ -619,21 +619,23 @@ pub fn prepare_new(res: &Resource, obj: &mut Value, name: &str, ns: Option<&str>
     } else {
         m.remove("generation");
     }
-    if res.has_status() && !matches!(res.kind.as_str(), "Node" | "CustomResourceDefinition") {
-        if let Some(o) = obj.as_object_mut() {
-            o.remove("status");
-        }
+    if res.has_status()
+        && !matches!(res.kind.as_str(), "Node" | "CustomResourceDefinition")
+        && let Some(o) = obj.as_object_mut()
+    {
+        o.remove("status");
     }
 }
 
 /// Name and namespace of a new object, checked against the URL.
 fn resolve_name(ctx: &Ctx<'_>, obj: &mut Value) -> ApiResult<String> {
-    if let (Some(url_ns), Some(obj_ns)) = (ctx.ns.as_deref(), meta_str(obj, "namespace")) {
-        if !obj_ns.is_empty() && obj_ns != url_ns {
-            return Err(ApiError::bad_request(
-                "the namespace of the provided object does not match the namespace sent on the request",
-            ));
-        }
+    if let (Some(url_ns), Some(obj_ns)) = (ctx.ns.as_deref(), meta_str(obj, "namespace"))
+        && !obj_ns.is_empty()
+        && obj_ns != url_ns
+    {
+        return Err(ApiError::bad_request(
+            "the namespace of the provided object does not match the namespace sent on the request",
+        ));
     }
     let name = meta_str(obj, "name").unwrap_or_default().to_string();
     if !name.is_empty() {
@@ -1004,12 +1006,13 @@ async fn update(ctx: &Ctx<'_>) -> ApiResult<Response<Body>> {
             "the name of the object ({body_name}) does not match the name on the URL ({name})"
         )));
     }
-    if let (Some(url_ns), Some(ns)) = (ctx.ns.as_deref(), meta_str(&body, "namespace")) {
-        if !ns.is_empty() && ns != url_ns {
-            return Err(ApiError::bad_request(
-                "the namespace of the provided object does not match the namespace sent on the request",
-            ));
-        }
+    if let (Some(url_ns), Some(ns)) = (ctx.ns.as_deref(), meta_str(&body, "namespace"))
+        && !ns.is_empty()
+        && ns != url_ns
+    {
+        return Err(ApiError::bad_request(
+            "the namespace of the provided object does not match the namespace sent on the request",
+        ));
     }
     let pinned = match meta_str(&body, "resourceVersion").filter(|r| !r.is_empty()) {
         Some(rv) => Some(
@@ -1259,17 +1262,17 @@ pub fn delete_options(ctx: &Ctx<'_>) -> ApiResult<DeleteOptions> {
         }
         propagation = Some(if o { "Orphan" } else { "Background" }.into());
     }
-    if let Some(p) = &propagation {
-        if !matches!(p.as_str(), "Orphan" | "Background" | "Foreground") {
-            return Err(ApiError::invalid(
-                &ctx.target(""),
-                &[FieldError::not_supported(
-                    "propagationPolicy",
-                    json!(p),
-                    &["Foreground", "Background", "Orphan"],
-                )],
-            ));
-        }
+    if let Some(p) = &propagation
+        && !matches!(p.as_str(), "Orphan" | "Background" | "Foreground")
+    {
+        return Err(ApiError::invalid(
+            &ctx.target(""),
+            &[FieldError::not_supported(
+                "propagationPolicy",
+                json!(p),
+                &["Foreground", "Background", "Orphan"],
+            )],
+        ));
     }
     Ok(DeleteOptions {
         grace,
@@ -1321,25 +1324,19 @@ pub async fn delete_one(
         }
         let mut finalizers = object::finalizers(&obj);
         let was_deleting = object::is_deleting(&obj);
-        let policy = opts
-            .propagation
-            .as_deref()
-            .unwrap_or(if ctx.res.kind == "Namespace" {
-                "Background"
-            } else {
-                "Background"
-            });
+        let policy = opts.propagation.as_deref().unwrap_or("Background");
         let extra = match policy {
             "Orphan" => Some("orphan"),
             "Foreground" => Some("foregroundDeletion"),
             _ => None,
         };
         let mut changed = false;
-        if let Some(f) = extra {
-            if !finalizers.iter().any(|x| x == f) && !was_deleting {
-                finalizers.push(f.to_string());
-                changed = true;
-            }
+        if let Some(f) = extra
+            && !finalizers.iter().any(|x| x == f)
+            && !was_deleting
+        {
+            finalizers.push(f.to_string());
+            changed = true;
         }
         let graceful = crate::admission::grace_period(ctx, &obj, opts.grace);
         if ctx.res.kind == "Namespace" && ctx.res.group.is_empty() {

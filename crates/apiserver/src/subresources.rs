@@ -170,10 +170,10 @@ pub async fn scale(ctx: &Ctx<'_>, verb: &str) -> ApiResult<Response<Body>> {
         .map(|s| s.0.clone())
         .unwrap_or_else(|| ".spec.replicas".into());
     let updated = rest::modify(ctx, &name, |obj| {
-        if let Some(rv) = &pinned {
-            if meta_str(obj, "resourceVersion") != Some(rv.as_str()) {
-                return Err(ApiError::modified(&ctx.target(&name)));
-            }
+        if let Some(rv) = &pinned
+            && meta_str(obj, "resourceVersion") != Some(rv.as_str())
+        {
+            return Err(ApiError::modified(&ctx.target(&name)));
         }
         set_path(obj, &spec_path, json!(replicas));
         Ok(())

@@ -94,10 +94,10 @@ pub async fn watch(ctx: Ctx<'_>) -> ApiResult<Response<Body>> {
         None => Duration::from_secs(1800 + rand::random::<u64>() % 1800),
     };
     let mut prefix = ctx.res.ns_prefix(ctx.ns.as_deref());
-    if let Some(name) = filter.fields.name() {
-        if ctx.ns.is_some() || !ctx.res.namespaced {
-            prefix = ctx.res.key(ctx.ns.as_deref(), name);
-        }
+    if let Some(name) = filter.fields.name()
+        && (ctx.ns.is_some() || !ctx.res.namespaced)
+    {
+        prefix = ctx.res.key(ctx.ns.as_deref(), name);
     }
     let rv = q.non_empty("resourceVersion").map(parse_rv).transpose()?;
     let initial = match (rv, send_initial) {
@@ -191,9 +191,8 @@ pub async fn watch(ctx: Ctx<'_>) -> ApiResult<Response<Body>> {
                 }
                 ev = live.rx.recv() => {
                     let Some(ev) = ev else { break };
-                    if let Some(n) = &exact_name {
-                        if !ev.kv.key.ends_with(&format!("/{n}")) { continue; }
-                    }
+                    if let Some(n) = &exact_name
+                        && !ev.kv.key.ends_with(&format!("/{n}")) { continue; }
                     let Some(line) = table_ctx.with(|ctx| encode_event(&mut enc, &filter, &ev, ctx)) else { continue };
                     if tx.send(Ok(Frame::data(line))).await.is_err() { break; }
                 }

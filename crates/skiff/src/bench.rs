@@ -42,10 +42,7 @@ pub fn run(mut args: BenchArgs) -> Result<()> {
         .enable_all()
         .build()?;
     let figures = rt.block_on(bench(args))?;
-    println!(
-        "{:<34} {:>12}  {:<6} {}",
-        "figure", "value", "unit", "target"
-    );
+    println!("{:<34} {:>12}  {:<6} target", "figure", "value", "unit");
     for f in &figures {
         let v = if f.value >= 100.0 {
             format!("{:.0}", f.value)
@@ -120,15 +117,13 @@ async fn start_server() -> Result<(ServerProcess, Duration)> {
         if let Some(status) = server.child.try_wait()? {
             bail!("server exited with {status}");
         }
-        if server.kubeconfig.exists() {
-            if let Ok(c) = Client::connect(&server.kubeconfig, server.port).await {
-                if c.request(Method::GET, "/readyz", None)
-                    .await
-                    .is_ok_and(|r| r.0 == StatusCode::OK)
-                {
-                    return Ok((server, started.elapsed()));
-                }
-            }
+        if server.kubeconfig.exists()
+            && let Ok(c) = Client::connect(&server.kubeconfig, server.port).await
+            && c.request(Method::GET, "/readyz", None)
+                .await
+                .is_ok_and(|r| r.0 == StatusCode::OK)
+        {
+            return Ok((server, started.elapsed()));
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
