@@ -89,7 +89,7 @@ def test_terminating_namespace_refuses_creates(tls):
     cm = json.dumps({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "late"}}).encode()
     code, body = call(tls, "POST", "/api/v1/namespaces/doomed/configmaps", cm)
     assert code == 403, body
-    assert "because it is being terminated" in json.loads(body)["message"]
+    assert json.loads(body)["message"] == "configmaps \"late\" is forbidden: unable to create new content in namespace doomed because it is being terminated"
 
 
 def test_watch_from_the_future_times_out(tls):

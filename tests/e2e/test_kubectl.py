@@ -95,6 +95,13 @@ def test_get_every_kind(kubectl):
         assert "error" not in p.stderr.lower(), f"get {res}: {p.stderr}"
 
 
+def test_describe_every_kind(kubectl):
+    kubectl("apply", "-f", "-", input=MANIFEST)
+    for res in listable_resources(kubectl):
+        p = kubectl.run("describe", res, "-A", check=False)
+        assert p.returncode == 0, f"describe {res}: {p.stderr}"
+
+
 def test_tables_look_like_upstream(kubectl):
     kubectl("apply", "-f", "-", input=MANIFEST)
     out = kubectl("get", "deploy", "-n", "shop")

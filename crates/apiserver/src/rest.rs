@@ -654,7 +654,7 @@ fn resolve_name(ctx: &Ctx<'_>, obj: &mut Value) -> ApiResult<String> {
 }
 
 /// Refuses writes into a namespace that does not exist or is terminating (NamespaceLifecycle).
-async fn check_namespace(ctx: &Ctx<'_>) -> ApiResult<()> {
+async fn check_namespace(ctx: &Ctx<'_>, name: &str) -> ApiResult<()> {
     let Some(ns) = ctx.ns.as_deref().filter(|_| ctx.res.namespaced) else {
         return Ok(());
     };
@@ -671,7 +671,7 @@ async fn check_namespace(ctx: &Ctx<'_>) -> ApiResult<()> {
             if object::is_deleting(&v) || v["status"]["phase"] == "Terminating" {
                 let mut e = ApiError::forbidden(format!(
                     "{} \"{}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
-                    ctx.res.plural, "{name}"
+                    ctx.res.plural, name
                 ));
                 e.details = Some(
                     json!({ "kind": ctx.res.plural, "group": ctx.res.group, "causes": [{ "reason": "NamespaceTerminating", "message": format!("namespace {ns} is being terminated"), "field": "metadata.namespace" }] }),
@@ -743,7 +743,7 @@ async fn create(ctx: &Ctx<'_>) -> ApiResult<Response<Body>> {
     let warnings = check_schema(ctx, &mut obj, &name)?;
     prepare_create(ctx, &mut obj, &name);
     default_and_validate(ctx, &mut obj, None, &name)?;
-    check_namespace(ctx).await?;
+    check_namespace(ctx, &name).await?;
     crate::admission::on_create(ctx, &mut obj)?;
     let manager = ctx.manager()?;
     api::apply::track_update(
@@ -801,7 +801,7 @@ where
             let warnings = check_schema(ctx, &mut new, name)?;
             prepare_create(ctx, &mut new, name);
             default_and_validate(ctx, &mut new, None, name)?;
-            check_namespace(ctx).await?;
+            check_namespace(ctx, &name).await?;
             crate::admission::on_create(ctx, &mut new)?;
             if ctx.dry_run() {
                 return Ok((Written::Stored(new), warnings, true));
