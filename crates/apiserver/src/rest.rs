@@ -801,7 +801,7 @@ where
             let warnings = check_schema(ctx, &mut new, name)?;
             prepare_create(ctx, &mut new, name);
             default_and_validate(ctx, &mut new, None, name)?;
-            check_namespace(ctx, &name).await?;
+            check_namespace(ctx, name).await?;
             crate::admission::on_create(ctx, &mut new)?;
             if ctx.dry_run() {
                 return Ok((Written::Stored(new), warnings, true));
