@@ -1,5 +1,6 @@
-//! Conversions between versions that share storage: autoscaling/v1 and v2
-//! HorizontalPodAutoscalers (stored as v2), following upstream's conversion functions.
+//! Conversions between versions that share storage, following upstream's conversion
+//! functions: autoscaling/v1 and v2 HorizontalPodAutoscalers (stored as v2), and
+//! events.k8s.io/v1 Events (stored as core/v1 Events, so both APIs show every event).
 
 use serde_json::{Value, json};
 
@@ -78,6 +79,39 @@ pub fn hpa_v1_to_v2(mut obj: Value) -> Value {
     obj
 }
 
+/// Field renames between core/v1 Event (left) and events.k8s.io/v1 Event (right).
+const EVENT_FIELDS: &[(&str, &str)] = &[
+    ("involvedObject", "regarding"),
+    ("message", "note"),
+    ("reportingComponent", "reportingController"),
+    ("source", "deprecatedSource"),
+    ("firstTimestamp", "deprecatedFirstTimestamp"),
+    ("lastTimestamp", "deprecatedLastTimestamp"),
+    ("count", "deprecatedCount"),
+];
+
+fn rename(mut obj: Value, from_core: bool) -> Value {
+    if let Some(m) = obj.as_object_mut() {
+        for (core, v1) in EVENT_FIELDS {
+            let (from, to) = if from_core { (core, v1) } else { (v1, core) };
+            if let Some(v) = m.remove(*from) {
+                m.insert((*to).to_string(), v);
+            }
+        }
+    }
+    obj
+}
+
+/// core/v1 Event → events.k8s.io/v1 Event.
+pub fn core_event_to_events_v1(obj: Value) -> Value {
+    rename(obj, true)
+}
+
+/// events.k8s.io/v1 Event → core/v1 Event.
+pub fn events_v1_to_core_event(obj: Value) -> Value {
+    rename(obj, false)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,5 +126,17 @@ mod tests {
             80
         );
         assert_eq!(hpa_v2_to_v1(v2)["spec"], v1["spec"]);
+    }
+
+    #[test]
+    fn events_round_trip() {
+        let core = json!({"apiVersion": "v1", "kind": "Event", "metadata": {"name": "e"}, "involvedObject": {"kind": "Pod", "name": "p"},
+            "message": "hi", "reason": "Started", "count": 2, "reportingComponent": "kubelet", "type": "Normal"});
+        let v1 = core_event_to_events_v1(core.clone());
+        assert_eq!(v1["regarding"]["name"], "p");
+        assert_eq!(v1["note"], "hi");
+        assert_eq!(v1["deprecatedCount"], 2);
+        assert_eq!(v1["reportingController"], "kubelet");
+        assert_eq!(events_v1_to_core_event(v1), core);
     }
 }

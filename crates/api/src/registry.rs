@@ -24,8 +24,12 @@ const READ_ONLY: &[&str] = &["get", "list"];
 pub enum Storage {
     /// Stored under its own key.
     Stored,
-    /// Stored under another version of the same group and resource (converted on the way).
-    Alias { version: &'static str },
+    /// Stored as the same resource of another group-version (converted on the way), like
+    /// autoscaling/v1 HPAs (stored as v2) and events.k8s.io Events (stored as core Events).
+    Alias {
+        group: &'static str,
+        version: &'static str,
+    },
     /// Never stored: a create computes an answer (reviews, bindings).
     Virtual,
 }
@@ -107,8 +111,16 @@ impl ResourceInfo {
     /// The version whose key the objects are stored under.
     pub fn storage_version(&self) -> &'static str {
         match self.storage {
-            Storage::Alias { version } => version,
+            Storage::Alias { version, .. } => version,
             _ => self.version,
+        }
+    }
+
+    /// The group whose key the objects are stored under.
+    pub fn storage_group(&self) -> &'static str {
+        match self.storage {
+            Storage::Alias { group, .. } => group,
+            _ => self.group,
         }
     }
 
@@ -416,7 +428,15 @@ const GROUPS: &[Gv] = &[
     gv("", "v1", CORE),
     gv("apiregistration.k8s.io", "v1", APIREGISTRATION),
     gv("apps", "v1", APPS),
-    gv("events.k8s.io", "v1", EVENTS),
+    Gv {
+        group: "events.k8s.io",
+        version: "v1",
+        resources: EVENTS,
+        storage: Storage::Alias {
+            group: "",
+            version: "v1",
+        },
+    },
     Gv {
         group: "authentication.k8s.io",
         version: "v1",
@@ -434,7 +454,10 @@ const GROUPS: &[Gv] = &[
         group: "autoscaling",
         version: "v1",
         resources: HPA_V1,
-        storage: Storage::Alias { version: "v2" },
+        storage: Storage::Alias {
+            group: "autoscaling",
+            version: "v2",
+        },
     },
     gv("batch", "v1", BATCH),
     gv("certificates.k8s.io", "v1", CERTIFICATES),

@@ -86,11 +86,13 @@ pub fn spec_equal(a: &Value, b: &Value) -> bool {
 
 /// Converts a stored object to the version a request is served in.
 pub fn to_served(res: &Resource, mut obj: Value) -> Value {
-    if res.version == res.storage_version {
+    if !res.converts() {
         return obj;
     }
-    if res.group == "autoscaling" && res.kind == "HorizontalPodAutoscaler" && res.version == "v1" {
-        obj = api::convert::hpa_v2_to_v1(obj);
+    match (res.group.as_str(), res.version.as_str(), res.kind.as_str()) {
+        ("autoscaling", "v1", "HorizontalPodAutoscaler") => obj = api::convert::hpa_v2_to_v1(obj),
+        ("events.k8s.io", "v1", "Event") => obj = api::convert::core_event_to_events_v1(obj),
+        _ => {}
     }
     obj["apiVersion"] = json!(res.api_version());
     obj
@@ -98,12 +100,18 @@ pub fn to_served(res: &Resource, mut obj: Value) -> Value {
 
 /// Converts a request's object to the stored version.
 pub fn to_stored(res: &Resource, mut obj: Value) -> Value {
-    if res.version == res.storage_version {
+    if !res.converts() {
         return obj;
     }
-    if res.group == "autoscaling" && res.kind == "HorizontalPodAutoscaler" && res.version == "v1" {
-        obj = api::convert::hpa_v1_to_v2(obj);
+    match (res.group.as_str(), res.version.as_str(), res.kind.as_str()) {
+        ("autoscaling", "v1", "HorizontalPodAutoscaler") => obj = api::convert::hpa_v1_to_v2(obj),
+        ("events.k8s.io", "v1", "Event") => obj = api::convert::events_v1_to_core_event(obj),
+        _ => {}
     }
-    obj["apiVersion"] = json!(format!("{}/{}", res.group, res.storage_version));
+    obj["apiVersion"] = json!(if res.storage_group.is_empty() {
+        res.storage_version.clone()
+    } else {
+        format!("{}/{}", res.storage_group, res.storage_version)
+    });
     obj
 }

@@ -46,7 +46,9 @@ pub struct Resource {
     pub short_names: Vec<String>,
     pub categories: Vec<String>,
     pub subresources: Vec<Sub>,
-    /// The version objects are stored as (differs for converted versions like autoscaling/v1).
+    /// The group-version objects are stored as (differs for converted versions like
+    /// autoscaling/v1 and events.k8s.io/v1).
+    pub storage_group: String,
     pub storage_version: String,
     pub is_virtual: bool,
     pub builtin: Option<&'static ResourceInfo>,
@@ -82,12 +84,17 @@ impl Resource {
         }
     }
 
+    /// Whether objects are converted between the served and the stored form.
+    pub fn converts(&self) -> bool {
+        self.group != self.storage_group || self.version != self.storage_version
+    }
+
     /// The store key prefix of all objects of this resource (every version shares it).
     pub fn prefix(&self) -> String {
-        let g = if self.group.is_empty() {
+        let g = if self.storage_group.is_empty() {
             "core"
         } else {
-            &self.group
+            &self.storage_group
         };
         format!("/registry/{g}/{}/", self.plural)
     }
@@ -130,6 +137,7 @@ impl Resource {
                     verbs: s.verbs.iter().map(|v| v.to_string()).collect(),
                 })
                 .collect(),
+            storage_group: r.storage_group().into(),
             storage_version: r.storage_version().into(),
             is_virtual: r.storage == Storage::Virtual,
             builtin: Some(r),
@@ -343,6 +351,7 @@ pub fn from_crd(crd: &Value) -> Vec<Resource> {
             short_names: strings(&names["shortNames"]),
             categories: strings(&names["categories"]),
             subresources,
+            storage_group: group.into(),
             storage_version: storage_version.clone(),
             is_virtual: false,
             builtin: None,

@@ -267,10 +267,12 @@ fn get(ctx: &Ctx<'_>) -> ApiResult<Response<Body>> {
     Ok(object_response(ctx, 200, &obj))
 }
 
-/// Parsed list options shared by list, watch and deletecollection.
+/// Parsed list options shared by list, watch and deletecollection. Matches stored objects;
+/// field selectors see the served form (events.k8s.io's `regarding.name`, say).
 pub struct Filter {
     pub labels: LabelSelector,
     pub fields: FieldSelector,
+    convert: Option<Arc<Resource>>,
 }
 
 impl Filter {
@@ -282,7 +284,12 @@ impl Filter {
             supported_fields(&ctx.res.group, &ctx.res.kind),
         )
         .map_err(ApiError::bad_request)?;
-        Ok(Filter { labels, fields })
+        let convert = ctx.res.converts().then(|| ctx.res.clone());
+        Ok(Filter {
+            labels,
+            fields,
+            convert,
+        })
     }
 
     pub fn is_empty(&self) -> bool {
@@ -299,12 +306,18 @@ impl Filter {
         }
     }
 
-    pub fn matches(&self, v: &Value) -> bool {
-        self.labels.matches(
-            meta(v)
-                .and_then(|m| m.get("labels"))
-                .and_then(Value::as_object),
-        ) && self.fields.matches(v)
+    pub fn matches(&self, stored: &Value) -> bool {
+        let labels = meta(stored)
+            .and_then(|m| m.get("labels"))
+            .and_then(Value::as_object);
+        if !self.labels.matches(labels) {
+            return false;
+        }
+        match &self.convert {
+            _ if self.fields.is_empty() => true,
+            Some(res) => self.fields.matches(&object::to_served(res, stored.clone())),
+            None => self.fields.matches(stored),
+        }
     }
 }
 
@@ -481,7 +494,7 @@ pub fn list_response(
             let mut out = serde_json::to_vec(&head).unwrap_or_default();
             out.pop(); // the closing brace: items follow
             out.extend_from_slice(b",\"items\":[");
-            let convert = ctx.res.version != ctx.res.storage_version;
+            let convert = ctx.res.converts();
             for (i, kv) in items.iter().enumerate() {
                 if i > 0 {
                     out.push(b',');

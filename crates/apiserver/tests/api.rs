@@ -441,3 +441,45 @@ async fn dry_run_and_missing_namespace() {
     assert_eq!(out["metadata"]["name"].as_str().unwrap().len(), 9);
     t.running.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_are_one_store_seen_through_both_apis() {
+    let t = server().await;
+    let ev = json!({
+        "apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": { "name": "e1" },
+        "eventTime": "2026-01-01T00:00:00.000000Z", "reportingController": "skiff/test", "reportingInstance": "t",
+        "action": "Scheduling", "reason": "Scheduled", "type": "Normal", "note": "assigned",
+        "regarding": { "kind": "Pod", "namespace": "default", "name": "web-1" },
+    });
+    let (s, created) = t
+        .call(
+            Method::POST,
+            "/apis/events.k8s.io/v1/namespaces/default/events",
+            Some(ev),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{created}");
+    assert_eq!(created["regarding"]["name"], "web-1");
+    let (_, core) = t
+        .call(
+            Method::GET,
+            "/api/v1/namespaces/default/events?fieldSelector=involvedObject.name%3Dweb-1",
+            None,
+        )
+        .await;
+    let items = core["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{core}");
+    assert_eq!(items[0]["apiVersion"], "v1");
+    assert_eq!(items[0]["message"], "assigned");
+    assert_eq!(items[0]["reportingComponent"], "skiff/test");
+    let (_, v1) = t
+        .call(
+            Method::GET,
+            "/apis/events.k8s.io/v1/namespaces/default/events?fieldSelector=regarding.name%3Dweb-1",
+            None,
+        )
+        .await;
+    assert_eq!(v1["items"][0]["apiVersion"], "events.k8s.io/v1");
+    assert_eq!(v1["items"][0]["note"], "assigned");
+    t.running.shutdown().await.unwrap();
+}
