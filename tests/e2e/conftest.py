@@ -36,9 +36,10 @@ def free_port() -> int:
 class Server:
     """A skiff server process with its own data dir."""
 
-    def __init__(self, data_dir: Path, port: int):
+    def __init__(self, data_dir: Path, port: int, extra_args=()):
         self.data_dir = data_dir
         self.port = port
+        self.extra_args = list(extra_args)
         self.proc = None
         self.kubeconfig = data_dir / "kubeconfig.yaml"
         self.log = data_dir / "server.log"
@@ -48,7 +49,7 @@ class Server:
         log = open(self.log, "ab")
         self.proc = subprocess.Popen(
             [skiff_bin(), "server", "--data-dir", str(self.data_dir), "--bind-address", "127.0.0.1",
-             "--https-listen-port", str(self.port)],
+             "--https-listen-port", str(self.port), *self.extra_args],
             stdout=log, stderr=log,
         )
         ctx = ssl.create_default_context()

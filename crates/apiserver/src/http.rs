@@ -145,7 +145,7 @@ async fn handle(
     // Health and version are public, as upstream's system:public-info-viewer makes them.
     let public = matches!(
         path.as_str(),
-        "/healthz" | "/livez" | "/readyz" | "/version"
+        "/healthz" | "/livez" | "/readyz" | "/version" | "/cacerts"
     ) || path.starts_with("/healthz/")
         || path.starts_with("/livez/")
         || path.starts_with("/readyz/");

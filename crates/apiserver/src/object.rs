@@ -48,6 +48,16 @@ pub fn finalizers(obj: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// No finalizer holds the object: neither `metadata.finalizers` nor, for namespaces,
+/// `spec.finalizers` (which the namespace controller clears through `finalize`).
+pub fn fully_finalized(obj: &Value) -> bool {
+    let spec_finalizers = obj["kind"] == "Namespace"
+        && obj["spec"]["finalizers"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty());
+    finalizers(obj).is_empty() && !spec_finalizers
+}
+
 pub fn is_deleting(obj: &Value) -> bool {
     meta(obj)
         .and_then(|m| m.get("deletionTimestamp"))

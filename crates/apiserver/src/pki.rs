@@ -69,15 +69,21 @@ impl Pki {
                 }
             };
 
+        // The token names the CA by its hash so an agent can trust what `/cacerts` serves
+        // (k3s's format). An existing token keeps its secret: an old plain-hex token becomes
+        // the secret, and a token naming another CA (regenerated) is rewritten with this one.
         let token_path = server_dir.join("token");
-        let token = match read(&token_path)? {
-            Some(t) if !t.trim().is_empty() => t.trim().to_string(),
-            _ => {
-                let t = new_token();
-                write_secret(&token_path, &format!("{t}\n"))?;
-                t
-            }
+        let existing = read(&token_path)?
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty());
+        let secret = match existing.as_deref() {
+            Some(t) => token_secret(t).to_string(),
+            None => new_token(),
         };
+        let token = format!("K10{}::server:{secret}", ca_hash(&ca_cert_pem));
+        if existing.as_deref() != Some(token.as_str()) {
+            write_secret(&token_path, &format!("{token}\n"))?;
+        }
         Ok(Pki {
             ca_cert_pem,
             serving_cert_pem,
@@ -154,6 +160,25 @@ fn write_atomic(path: &Path, contents: &str, mode: u32) -> Result<()> {
     f.sync_all()?;
     fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
     Ok(())
+}
+
+/// The SHA-256 of the CA certificate PEM as lowercase hex: what a `K10` token pins.
+pub fn ca_hash(ca_cert_pem: &str) -> String {
+    ring::digest::digest(&ring::digest::SHA256, ca_cert_pem.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The secret part of a join token: `K10<hash>::<user>:<secret>` gives `<secret>`; anything
+/// else (a plain secret) is the secret itself.
+pub fn token_secret(token: &str) -> &str {
+    token
+        .strip_prefix("K10")
+        .and_then(|rest| rest.split_once("::"))
+        .map(|(_, creds)| creds.split_once(':').map_or(creds, |(_, secret)| secret))
+        .unwrap_or(token)
 }
 
 fn new_token() -> String {
@@ -314,7 +339,15 @@ mod tests {
         assert_eq!(a.ca_cert_pem, b.ca_cert_pem);
         assert_eq!(a.serving_cert_pem, b.serving_cert_pem);
         assert_eq!(a.token, b.token);
-        assert_eq!(a.token.len(), 48);
+        assert_eq!(
+            a.token,
+            format!(
+                "K10{}::server:{}",
+                ca_hash(&a.ca_cert_pem),
+                token_secret(&a.token)
+            )
+        );
+        assert_eq!(token_secret(&a.token).len(), 48);
         let mode = fs::metadata(dir.path().join("tls/ca.key"))
             .unwrap()
             .permissions()
@@ -324,5 +357,20 @@ mod tests {
         let c = Pki::load_or_create(dir.path(), &["10.1.2.3".to_string()]).unwrap();
         assert_eq!(a.ca_cert_pem, c.ca_cert_pem);
         assert_ne!(a.serving_cert_pem, c.serving_cert_pem);
+    }
+
+    #[test]
+    fn old_plain_token_becomes_the_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("token"), "abc123\n").unwrap();
+        let a = Pki::load_or_create(dir.path(), &[]).unwrap();
+        assert_eq!(
+            a.token,
+            format!("K10{}::server:abc123", ca_hash(&a.ca_cert_pem))
+        );
+        let on_disk = fs::read_to_string(dir.path().join("token")).unwrap();
+        assert_eq!(on_disk.trim(), a.token);
+        assert_eq!(token_secret("plain"), "plain");
+        assert_eq!(token_secret("K10ab::node:s3cret"), "s3cret");
     }
 }

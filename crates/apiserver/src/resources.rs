@@ -224,6 +224,10 @@ impl Resources {
         for r in registry::builtin() {
             t.insert(Resource::from_builtin(r));
         }
+        // Served by the API server itself instead of an aggregated metrics-server.
+        for r in crate::metrics::resources() {
+            t.insert(r);
+        }
         for r in custom {
             t.insert(r);
         }

@@ -143,6 +143,9 @@ pub async fn handle(
     if ctx.res.is_virtual {
         return crate::virtual_resources::create(&ctx).await;
     }
+    if ctx.res.group == crate::metrics::GROUP {
+        return crate::metrics::handle(&ctx, verb).await;
+    }
     if ctx.res.group.is_empty() && ctx.res.kind == "Binding" {
         // The core `bindings` resource is the pod binding subresource by another path.
         let body = codec::decode_object(ctx.req.header("content-type"), &ctx.req.body)?;
@@ -451,12 +454,12 @@ pub fn list_response(
 ) -> Response<Body> {
     match ctx.output {
         Output::Table => {
-            let objs: Vec<Value> = items
+            // Parsed one at a time as the Table is written, so memory stays flat.
+            let objs = items
                 .iter()
-                .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
-                .map(|o| object::to_served(&ctx.res, o))
-                .collect();
-            match crate::tables::table_bytes(ctx, &objs, rv, cont, remaining) {
+                .filter_map(|kv| serde_json::from_slice::<Value>(&kv.value).ok())
+                .map(|o| object::to_served(&ctx.res, o));
+            match crate::tables::table_bytes(ctx, objs, rv, cont, remaining) {
                 Ok(bytes) => {
                     crate::http::respond(200, "application/json;as=Table;v=v1;g=meta.k8s.io", bytes)
                 }
@@ -464,16 +467,37 @@ pub fn list_response(
             }
         }
         Output::Metadata => {
-            let items: Vec<Value> = items
-                .iter()
-                .filter_map(|kv| serde_json::from_slice::<Value>(&kv.value).ok())
-                .map(|o| json!({ "kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o.get("metadata").cloned().unwrap_or(json!({})) }))
-                .collect();
-            let list = json!({ "kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": list_meta(rv, cont, remaining), "items": items });
+            /// Only the metadata of a stored object is read.
+            #[derive(serde::Deserialize)]
+            struct MetaOnly<'a> {
+                #[serde(borrow)]
+                metadata: Option<&'a serde_json::value::RawValue>,
+            }
+            let head = json!({ "kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": list_meta(rv, cont, remaining) });
+            let mut out = serde_json::to_vec(&head).unwrap_or_default();
+            out.pop(); // the closing brace: items follow
+            out.extend_from_slice(b",\"items\":[");
+            for (i, kv) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(
+                    br#"{"kind":"PartialObjectMetadata","apiVersion":"meta.k8s.io/v1","metadata":"#,
+                );
+                match serde_json::from_slice::<MetaOnly<'_>>(&kv.value)
+                    .ok()
+                    .and_then(|m| m.metadata)
+                {
+                    Some(raw) => out.extend_from_slice(raw.get().as_bytes()),
+                    None => out.extend_from_slice(b"{}"),
+                }
+                out.push(b'}');
+            }
+            out.extend_from_slice(b"]}");
             crate::http::respond(
                 200,
                 "application/json;as=PartialObjectMetadataList;v=v1;g=meta.k8s.io",
-                serde_json::to_vec(&list).unwrap_or_default(),
+                out,
             )
         }
         Output::Yaml => {
@@ -838,7 +862,7 @@ where
             return Err(ApiError::modified(&ctx.target(name)));
         }
         // A deleting object whose last finalizer was removed is gone now.
-        if object::is_deleting(&new) && object::finalizers(&new).is_empty() {
+        if object::is_deleting(&new) && object::fully_finalized(&new) {
             if ctx.dry_run() {
                 return Ok((Written::Deleted(new), warnings, false));
             }
@@ -900,7 +924,27 @@ where
 /// status subresource), bumps the generation on spec changes and tracks field managers.
 fn prepare_update(ctx: &Ctx<'_>, old: &Value, new: &mut Value) -> ApiResult<()> {
     let status_only = ctx.sub.as_deref() == Some("status");
-    if status_only {
+    if status_only && ctx.res.custom.is_none() {
+        // Built-in status strategies keep the request's metadata (annotations may change, as
+        // the deployment controller's revision annotation does) but not its spec or labels.
+        if let (Some(n), Some(o)) = (new.as_object_mut(), old.as_object()) {
+            n.retain(|k, _| matches!(k.as_str(), "metadata" | "status" | "apiVersion" | "kind"));
+            for (k, v) in o.iter().filter(|(k, _)| {
+                !matches!(k.as_str(), "metadata" | "status" | "apiVersion" | "kind")
+            }) {
+                n.insert(k.clone(), v.clone());
+            }
+        }
+        match meta(old).and_then(|m| m.get("labels")).cloned() {
+            Some(l) => {
+                meta_mut(new).insert("labels".into(), l);
+            }
+            None => {
+                meta_mut(new).remove("labels");
+            }
+        }
+    } else if status_only {
+        // Custom resources: a status write changes only the status (upstream's CR strategy).
         let status = new.get("status").cloned();
         let managed = meta(new).and_then(|m| m.get("managedFields")).cloned();
         *new = old.clone();
@@ -926,6 +970,19 @@ fn prepare_update(ctx: &Ctx<'_>, old: &Value, new: &mut Value) -> ApiResult<()> 
         }
     }
     let old_meta = meta(old).cloned().unwrap_or_default();
+    // A uid in the request is a precondition, as upstream treats it.
+    if let (Some(want), Some(have)) = (
+        meta_str(new, "uid").filter(|u| !u.is_empty()),
+        old_meta.get("uid").and_then(Value::as_str),
+    ) && want != have
+    {
+        return Err(ApiError::conflict(
+            &ctx.target(object::name(old)),
+            &format!(
+                "Precondition failed: UID in precondition: {want}, UID in object meta: {have}"
+            ),
+        ));
+    }
     let m = meta_mut(new);
     for f in [
         "uid",
@@ -1510,7 +1567,21 @@ fn clone_req(r: &Req) -> Req {
 }
 
 /// A write to an object on behalf of a subresource (scale, binding): read, change, CAS.
-pub async fn modify<F>(ctx: &Ctx<'_>, name: &str, mut change: F) -> ApiResult<Value>
+pub async fn modify<F>(ctx: &Ctx<'_>, name: &str, change: F) -> ApiResult<Value>
+where
+    F: FnMut(&mut Value) -> ApiResult<()>,
+{
+    modify_with(ctx, name, true, change).await
+}
+
+/// Like `modify`; `validate: false` is for subresources whose own checks replace the update
+/// validation (pod binding sets `spec.nodeName`, which a pod update may not change).
+pub async fn modify_with<F>(
+    ctx: &Ctx<'_>,
+    name: &str,
+    validate: bool,
+    mut change: F,
+) -> ApiResult<Value>
 where
     F: FnMut(&mut Value) -> ApiResult<()>,
 {
@@ -1526,16 +1597,18 @@ where
                 + 1;
             meta_mut(&mut new).insert("generation".into(), json!(g));
         }
-        let errs = api::validation::validate(
-            &ctx.res.group,
-            &ctx.res.version,
-            &ctx.res.kind,
-            ctx.res.namespaced,
-            &new,
-            Some(&old),
-        );
-        if !errs.is_empty() {
-            return Err(ApiError::invalid(&ctx.target(name), &errs));
+        if validate {
+            let errs = api::validation::validate(
+                &ctx.res.group,
+                &ctx.res.version,
+                &ctx.res.kind,
+                ctx.res.namespaced,
+                &new,
+                Some(&old),
+            );
+            if !errs.is_empty() {
+                return Err(ApiError::invalid(&ctx.target(name), &errs));
+            }
         }
         if ctx.dry_run() || new == old {
             return Ok(new);

@@ -29,6 +29,12 @@ pub struct Config {
     /// Extra names/addresses for the serving certificate.
     pub tls_sans: Vec<String>,
     pub store: store::Options,
+    /// `tolerationSeconds` of the not-ready/unreachable tolerations DefaultTolerationSeconds
+    /// admission adds to pods (upstream `--default-not-ready-toleration-seconds`, 300).
+    pub default_toleration_seconds: i64,
+    /// The same for the unreachable toleration (upstream
+    /// `--default-unreachable-toleration-seconds`, 300).
+    pub default_unreachable_toleration_seconds: i64,
 }
 
 /// What a started server exposes to its owner.
@@ -61,9 +67,17 @@ pub struct ApiServer {
     pub resources: Resources,
     pub authorizer: Box<dyn Authorizer>,
     pub token: String,
+    /// The cluster CA certificate (PEM), served at `/cacerts`.
+    pub ca_cert_pem: String,
     pub started: Instant,
     /// Stops long-running requests (watches) at shutdown.
     pub shutdown: CancellationToken,
+    /// See `Config::default_toleration_seconds`.
+    pub default_toleration_seconds: i64,
+    /// See `Config::default_unreachable_toleration_seconds`.
+    pub default_unreachable_toleration_seconds: i64,
+    /// Where `metrics.k8s.io` numbers come from.
+    pub metrics: Arc<dyn crate::metrics::MetricsSource>,
 }
 
 /// Namespaces that always exist.
@@ -95,8 +109,12 @@ pub async fn start(cfg: Config) -> Result<Running> {
         resources: Resources::new(),
         authorizer: Box::new(auth::AllowAuthenticated),
         token: pki.token.clone(),
+        ca_cert_pem: pki.ca_cert_pem.clone(),
         started,
         shutdown: shutdown.clone(),
+        default_toleration_seconds: cfg.default_toleration_seconds,
+        default_unreachable_toleration_seconds: cfg.default_unreachable_toleration_seconds,
+        metrics: crate::metrics::default_source(),
     });
     server.bootstrap().await?;
 
@@ -181,6 +199,7 @@ impl ApiServer {
                 Err(e) => return Err(e).context("creating a system namespace"),
             }
         }
+        crate::admission::bootstrap_priority_classes(self).await?;
         crate::crd::reload(self)?;
         Ok(())
     }
@@ -191,7 +210,12 @@ impl ApiServer {
             .strip_prefix("Bearer ")
             .or_else(|| value.strip_prefix("bearer "))?
             .trim();
-        auth::constant_time_eq(token.as_bytes(), self.token.as_bytes()).then(|| UserInfo {
+        // Like k3s, the full `K10…::server:<secret>` token and its secret alone both work.
+        // `|`, not `||`: both comparisons always run, so timing tells nothing about which.
+        let secret = crate::pki::token_secret(&self.token);
+        let ok = auth::constant_time_eq(token.as_bytes(), self.token.as_bytes())
+            | auth::constant_time_eq(token.as_bytes(), secret.as_bytes());
+        ok.then(|| UserInfo {
             name: "skiff:agent".into(),
             uid: String::new(),
             groups: vec!["system:nodes".into(), "system:authenticated".into()],
@@ -209,6 +233,11 @@ impl ApiServer {
                 Ok(self.health(&path, &req))
             }
             "/version" => Ok(crate::http::json(200, &version())),
+            // Unauthenticated like k3s's: agents fetch the CA here and check it against the
+            // hash in their join token before trusting anything else.
+            "/cacerts" if req.method == Method::GET || req.method == Method::HEAD => Ok(
+                crate::http::respond(200, "text/plain; charset=utf-8", self.ca_cert_pem.clone()),
+            ),
             _ => self.route_authorized(req).await,
         };
         result.unwrap_or_else(|e| crate::http::error(&e))

@@ -186,6 +186,7 @@ pub async fn other(ctx: &Ctx<'_>, sub: &str, verb: &str) -> ApiResult<Response<B
     let name = ctx.name.clone().unwrap_or_default();
     match (ctx.res.kind.as_str(), sub, verb) {
         ("Pod", "binding", "create") => bind(ctx, &name).await,
+        ("Pod", "eviction", "create") => crate::eviction::evict(ctx, &name).await,
         ("Namespace", "finalize", "update") => finalize(ctx, &name).await,
         ("Pod", "log" | "exec" | "attach" | "portforward" | "proxy", _) => {
             let (pod, _) = rest::read(ctx, &name)?;
@@ -220,7 +221,7 @@ pub async fn bind(ctx: &Ctx<'_>, pod_name: &str) -> ApiResult<Response<Body>> {
     }
     let annotations = binding["metadata"]["annotations"].as_object().cloned();
     let now = crate::object::now_rfc3339();
-    rest::modify(ctx, pod_name, |pod| {
+    rest::modify_with(ctx, pod_name, false, |pod| {
         if crate::object::is_deleting(pod) {
             return Err(ApiError::conflict(&ctx.target(pod_name), "pod is being deleted, cannot be assigned to a host"));
         }
@@ -262,13 +263,7 @@ async fn finalize(ctx: &Ctx<'_>, name: &str) -> ApiResult<Response<Body>> {
     })
     .await?;
     // A deleting namespace with nothing left to finalize is removed.
-    let spec_empty = updated["spec"]["finalizers"]
-        .as_array()
-        .is_none_or(|a| a.is_empty());
-    if crate::object::is_deleting(&updated)
-        && spec_empty
-        && crate::object::finalizers(&updated).is_empty()
-    {
+    if crate::object::is_deleting(&updated) && crate::object::fully_finalized(&updated) {
         let opts = rest::DeleteOptions {
             grace: None,
             propagation: None,

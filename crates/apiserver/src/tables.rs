@@ -11,10 +11,10 @@ fn include(ctx: &Ctx<'_>) -> ApiResult<api::table::IncludeObject> {
         .ok_or_else(|| ApiError::bad_request(format!("includeObject: unsupported value {p:?}")))
 }
 
-/// The Table of `objects` as bytes (fast path for lists).
+/// The Table of `objects` as bytes (fast path for lists: objects may be produced lazily).
 pub fn table_bytes(
     ctx: &Ctx<'_>,
-    objects: &[Value],
+    objects: impl IntoIterator<Item = impl std::borrow::Borrow<Value>>,
     rv: &str,
     cont: Option<&str>,
     remaining: Option<u64>,
@@ -26,7 +26,7 @@ pub fn table_bytes(
     };
     let now = jiff::Timestamp::now();
     let include = include(ctx)?;
-    let mut out = Vec::with_capacity(256 * objects.len() + 512);
+    let mut out = Vec::with_capacity(4096);
     let written = match &ctx.res.custom {
         Some(c) => {
             let cols = api::table::crd_columns(Some(&Value::Array(c.printer_columns.clone())));

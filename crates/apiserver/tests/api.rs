@@ -25,6 +25,8 @@ async fn server() -> TestServer {
             fsync: false,
             ..Default::default()
         },
+        default_toleration_seconds: 300,
+        default_unreachable_toleration_seconds: 300,
     };
     let running = apiserver::start(cfg).await.unwrap();
     let client = Client::connect(&running.kubeconfig, running.addr.port())
@@ -481,5 +483,51 @@ async fn events_are_one_store_seen_through_both_apis() {
         .await;
     assert_eq!(v1["items"][0]["apiVersion"], "events.k8s.io/v1");
     assert_eq!(v1["items"][0]["note"], "assigned");
+    t.running.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_only_lists_and_tables() {
+    let t = server().await;
+    for i in 0..3 {
+        t.call(
+            Method::POST,
+            "/api/v1/namespaces/default/configmaps",
+            Some(cm(&format!("m{i}"), json!({"k": "v"}))),
+        )
+        .await;
+    }
+    let resp = t
+        .client
+        .send(
+            Method::GET,
+            "/api/v1/namespaces/default/configmaps",
+            None,
+            "application/json;as=PartialObjectMetadataList;v=v1;g=meta.k8s.io",
+        )
+        .await
+        .unwrap();
+    let list: Value =
+        serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(list["kind"], "PartialObjectMetadataList");
+    let items = list["items"].as_array().unwrap();
+    assert_eq!(items.len(), 3);
+    assert_eq!(items[0]["kind"], "PartialObjectMetadata");
+    assert_eq!(items[0]["metadata"]["labels"]["k"], "v");
+    assert!(items[0].get("data").is_none());
+    let resp = t
+        .client
+        .send(
+            Method::GET,
+            "/api/v1/namespaces/default/configmaps",
+            None,
+            "application/json;as=Table;v=v1;g=meta.k8s.io",
+        )
+        .await
+        .unwrap();
+    let table: Value =
+        serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(table["rows"].as_array().unwrap().len(), 3);
+    assert_eq!(table["rows"][0]["cells"][0], "m0");
     t.running.shutdown().await.unwrap();
 }

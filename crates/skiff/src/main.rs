@@ -6,8 +6,10 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
 
 mod bench;
+mod control_plane;
 
 #[derive(Parser)]
 #[command(
@@ -33,6 +35,57 @@ enum Command {
     },
     /// Measure the API server and print a table of figures.
     Bench(bench::BenchArgs),
+    /// Join a cluster as a node agent (today: simulated nodes only).
+    Agent(AgentArgs),
+}
+
+#[derive(Parser, Clone)]
+struct AgentArgs {
+    /// The server to join, e.g. https://10.0.0.1:6443.
+    #[arg(long, env = "SKIFF_URL")]
+    server: String,
+    /// The join token: the contents of the server's <data-dir>/server/token.
+    #[arg(long, env = "SKIFF_TOKEN", hide_env_values = true)]
+    token: String,
+    /// Where the agent keeps its state (the server CA it trusts is written to <data-dir>/agent/).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// How many simulated nodes to run (nothing runs for real; like KWOK).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=kubelet::simulated::MAX_NODES as i64))]
+    simulated_nodes: u32,
+    /// Simulated nodes are named <prefix>-0 .. <prefix>-<N-1>.
+    #[arg(long, default_value = "sim", value_parser = node_prefix)]
+    node_name_prefix: String,
+    /// CPU capacity of each simulated node.
+    #[arg(long, default_value = "32", value_parser = quantity)]
+    simulated_cpu: String,
+    /// Memory capacity of each simulated node.
+    #[arg(long, default_value = "256Gi", value_parser = quantity)]
+    simulated_memory: String,
+    /// Pod capacity of each simulated node.
+    #[arg(long, default_value_t = 110, value_parser = clap::value_parser!(u32).range(1..))]
+    simulated_pods: u32,
+    /// Duration of each node's Lease; it is renewed every quarter of it (upstream kubelet's
+    /// nodeLeaseDurationSeconds). Keep the controller's node monitor grace period above the
+    /// renew interval.
+    #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(u32).range(1..=3600))]
+    node_lease_duration_seconds: u32,
+}
+
+fn quantity(s: &str) -> Result<String, String> {
+    kubelet::quantity::validate(s).map_err(|e| e.to_string())
+}
+
+fn node_prefix(s: &str) -> Result<String, String> {
+    let ok = s.len() <= 200
+        && s.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err("expected lowercase letters, digits, '-' and '.'".into())
+    }
 }
 
 #[derive(Parser, Clone)]
@@ -56,6 +109,14 @@ struct ServerArgs {
     /// server never runs one, so this changes nothing yet).
     #[arg(long)]
     disable_agent: bool,
+    /// tolerationSeconds of the default `node.kubernetes.io/not-ready` toleration added to pods.
+    #[arg(long, default_value_t = 300)]
+    default_not_ready_toleration_seconds: i64,
+    /// tolerationSeconds of the default `node.kubernetes.io/unreachable` toleration added to pods.
+    #[arg(long, default_value_t = 300)]
+    default_unreachable_toleration_seconds: i64,
+    #[command(flatten)]
+    control: control_plane::ControlPlaneArgs,
 }
 
 /// `/var/lib/skiff` as root, `~/.skiff` otherwise.
@@ -82,11 +143,20 @@ fn main() -> ExitCode {
             }
             // One line, as a CLI user expects: the first line of clap's message.
             let msg = e.to_string();
-            let first = msg
-                .lines()
+            // clap puts the details of some errors on the lines after a trailing colon.
+            let mut lines = msg.lines().map(str::trim).filter(|l| {
+                !l.is_empty() && !l.starts_with("Usage:") && !l.starts_with("For more information")
+            });
+            let head = lines
                 .next()
                 .unwrap_or("invalid arguments")
-                .trim_start_matches("error: ");
+                .trim_start_matches("error: ")
+                .to_string();
+            let first = if head.ends_with(':') {
+                format!("{head} {}", lines.collect::<Vec<_>>().join(" "))
+            } else {
+                head
+            };
             eprintln!("skiff: {first} (see skiff --help)");
             return ExitCode::from(2);
         }
@@ -95,6 +165,7 @@ fn main() -> ExitCode {
         Command::Server(args) => run_server(args),
         Command::Kubectl { args } => run_kubectl(args),
         Command::Bench(args) => bench::run(args),
+        Command::Agent(args) => run_agent(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -128,8 +199,13 @@ fn run_server(args: ServerArgs) -> Result<()> {
             kubeconfig: args.write_kubeconfig.clone(),
             tls_sans: args.tls_san.clone(),
             store: store::Options::default(),
+            default_toleration_seconds: args.default_not_ready_toleration_seconds,
+            default_unreachable_toleration_seconds: args.default_unreachable_toleration_seconds,
         };
         let running = apiserver::start(cfg).await?;
+        let loops = CancellationToken::new();
+        let mut tasks =
+            control_plane::start(&running.kubeconfig, &args.control, loops.clone()).await?;
         eprintln!("skiff: API server listening on https://{}", running.addr);
         eprintln!(
             "skiff: kubeconfig written to {}",
@@ -138,9 +214,58 @@ fn run_server(args: ServerArgs) -> Result<()> {
         eprintln!("skiff: ready in {} ms", running.ready_after.as_millis());
         wait_for_signal().await;
         eprintln!("skiff: shutting down");
+        // Control loops first (they release their Leases through the API), then the server.
+        loops.cancel();
+        let drain = async { while tasks.join_next().await.is_some() {} };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), drain).await;
         running.shutdown().await?;
         eprintln!("skiff: store closed");
         Ok(())
+    })
+}
+
+fn run_agent(args: AgentArgs) -> Result<()> {
+    init_logging();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(async move {
+        let joined = kubelet::join(&args.server, &args.token)
+            .await
+            .with_context(|| format!("joining {}", args.server))?;
+        if let Some(dir) = &args.data_dir {
+            let dir = dir.join("agent");
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let ca = dir.join("server-ca.crt");
+            std::fs::write(&ca, &joined.ca_pem)
+                .with_context(|| format!("writing {}", ca.display()))?;
+        }
+        eprintln!(
+            "skiff: joined {} (CA verified against the token)",
+            args.server
+        );
+        let opts = kubelet::simulated::SimOptions {
+            nodes: args.simulated_nodes as usize,
+            prefix: args.node_name_prefix.clone(),
+            cpu: args.simulated_cpu.clone(),
+            memory: args.simulated_memory.clone(),
+            pods: args.simulated_pods,
+            lease_duration_seconds: args.node_lease_duration_seconds as i32,
+            // Upstream renews at a quarter of the duration (renewIntervalFraction 0.25).
+            lease_renew_interval: std::time::Duration::from_secs(u64::from(
+                args.node_lease_duration_seconds,
+            )) / 4,
+            ..Default::default()
+        };
+        let shutdown = kubelet::CancellationToken::new();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            eprintln!("skiff: stopping the agent (nodes stay registered)");
+            stop.cancel();
+        });
+        kubelet::simulated::run(joined.client, opts, shutdown).await
     })
 }
 

@@ -17,9 +17,12 @@ mod format;
 mod tests;
 mod workloads;
 
+use std::borrow::Borrow;
+
 use jiff::Timestamp;
 use serde::Serialize;
 use serde::ser::{SerializeMap, Serializer};
+
 use serde_json::Value;
 
 pub use crd::{CrdColumn, crd_columns, crd_row};
@@ -149,11 +152,11 @@ pub fn row_conditions(group: &str, kind: &str, obj: &Value) -> Option<Value> {
 }
 
 /// Serializes the Table for `objects` of a built-in kind into `out`.
-pub fn write_table<'a>(
+pub fn write_table(
     out: &mut Vec<u8>,
     group: &str,
     kind: &str,
-    objects: impl IntoIterator<Item = &'a Value>,
+    objects: impl IntoIterator<Item = impl Borrow<Value>>,
     include: IncludeObject,
     meta: &ListMeta<'_>,
     now: Timestamp,
@@ -165,10 +168,10 @@ pub fn write_table<'a>(
 }
 
 /// Serializes the Table for custom resources whose version has `columns` (see [`crd_columns`]).
-pub fn write_crd_table<'a>(
+pub fn write_crd_table(
     out: &mut Vec<u8>,
     columns: &[CrdColumn],
-    objects: impl IntoIterator<Item = &'a Value>,
+    objects: impl IntoIterator<Item = impl Borrow<Value>>,
     include: IncludeObject,
     meta: &ListMeta<'_>,
     now: Timestamp,
@@ -301,11 +304,11 @@ impl Serialize for RowObject<'_> {
     }
 }
 
-fn write_rows<'a, C: Serialize + ?Sized>(
+fn write_rows<C: Serialize + ?Sized>(
     out: &mut Vec<u8>,
     meta: &ListMeta<'_>,
     columns: &C,
-    objects: impl IntoIterator<Item = &'a Value>,
+    objects: impl IntoIterator<Item = impl Borrow<Value>>,
     include: IncludeObject,
     mut cells: impl FnMut(&Value) -> (Vec<Value>, Option<Value>),
 ) -> serde_json::Result<()> {
@@ -314,7 +317,10 @@ fn write_rows<'a, C: Serialize + ?Sized>(
     out.extend_from_slice(br#","columnDefinitions":"#);
     serde_json::to_writer(&mut *out, columns)?;
     out.extend_from_slice(br#","rows":["#);
+    // Objects may be parsed lazily by the caller: each is dropped once its row is written, so
+    // a Table of many objects never holds them all at once.
     for (i, obj) in objects.into_iter().enumerate() {
+        let obj = obj.borrow();
         if i > 0 {
             out.push(b',');
         }
