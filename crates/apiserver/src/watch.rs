@@ -129,6 +129,10 @@ pub async fn watch(ctx: Ctx<'_>) -> ApiResult<Response<Body>> {
             if !kv.key.starts_with(prefix.as_str()) {
                 continue;
             }
+            if filter.is_empty() && enc.output == Output::Json && !enc.res.converts() {
+                initial_lines.push(raw_event_line("ADDED", &kv.value));
+                continue;
+            }
             let Ok(obj) = serde_json::from_slice::<Value>(&kv.value) else {
                 continue;
             };
@@ -225,8 +229,14 @@ fn encode_event(
     ev: &store::Event,
     ctx: &Ctx<'_>,
 ) -> Option<Bytes> {
-    let obj: Value = serde_json::from_slice(&ev.kv.value).ok()?;
-    let now = filter.matches(&obj);
+    // Selectors need the object; without them, plain JSON watches splice the stored bytes
+    // into the event line unparsed (the common case, fanned out to every watcher).
+    let parsed: Option<Value> = if filter.is_empty() {
+        None
+    } else {
+        Some(serde_json::from_slice(&ev.kv.value).ok()?)
+    };
+    let now = parsed.as_ref().is_none_or(|obj| filter.matches(obj));
     let before = match (&ev.prev, filter.is_empty()) {
         (_, true) => true,
         (Some(p), false) => filter.matches_bytes(p),
@@ -240,7 +250,25 @@ fn encode_event(
         (EventType::Deleted, _, true) => "DELETED",
         _ => return None,
     };
+    if enc.output == Output::Json && !enc.res.converts() {
+        return Some(raw_event_line(ty, &ev.kv.value));
+    }
+    let obj = match parsed {
+        Some(obj) => obj,
+        None => serde_json::from_slice(&ev.kv.value).ok()?,
+    };
     Some(enc.event(ty, obj, ctx))
+}
+
+/// `{"type":"<ty>","object":<stored bytes>}\n` — the stored bytes are already the served JSON.
+fn raw_event_line(ty: &str, object: &[u8]) -> Bytes {
+    let mut line = Vec::with_capacity(object.len() + 32);
+    line.extend_from_slice(b"{\"type\":\"");
+    line.extend_from_slice(ty.as_bytes());
+    line.extend_from_slice(b"\",\"object\":");
+    line.extend_from_slice(object);
+    line.extend_from_slice(b"}\n");
+    Bytes::from(line)
 }
 
 fn tokio_stream_from(
