@@ -14,20 +14,7 @@ struct TestServer {
 }
 
 async fn server() -> TestServer {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = apiserver::Config {
-        data_dir: dir.path().to_path_buf(),
-        bind: "127.0.0.1:0".parse().unwrap(),
-        kubeconfig: None,
-        tls_sans: vec![],
-        store: store::Options {
-            fsync: false,
-            ..Default::default()
-        },
-        default_toleration_seconds: 300,
-        default_unreachable_toleration_seconds: 300,
-    };
-    let running = apiserver::start(cfg).await.unwrap();
+    let testkit::TestServer { running, dir, .. } = testkit::TestServer::start().await.unwrap();
     let client = Client::connect(&running.kubeconfig, running.addr.port())
         .await
         .unwrap();

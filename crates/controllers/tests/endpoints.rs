@@ -13,33 +13,15 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 struct Cluster {
-    _running: apiserver::Running,
-    _dir: tempfile::TempDir,
+    _server: testkit::TestServer,
     client: kube::Client,
 }
 
 async fn cluster() -> anyhow::Result<Cluster> {
-    let dir = tempfile::tempdir()?;
-    let running = apiserver::start(apiserver::Config {
-        data_dir: dir.path().into(),
-        bind: "127.0.0.1:0".parse()?,
-        kubeconfig: None,
-        tls_sans: vec![],
-        store: store::Options {
-            fsync: false,
-            ..Default::default()
-        },
-        default_toleration_seconds: 300,
-        default_unreachable_toleration_seconds: 300,
-    })
-    .await?;
-    let kc = kube::config::Kubeconfig::read_from(&running.kubeconfig)?;
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-        .await?;
-    let client = kube::Client::try_from(cfg)?;
+    let server = testkit::TestServer::start().await?;
+    let client = server.client.clone();
     Ok(Cluster {
-        _running: running,
-        _dir: dir,
+        _server: server,
         client,
     })
 }

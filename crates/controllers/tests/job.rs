@@ -13,8 +13,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 struct Env {
-    _dir: tempfile::TempDir,
-    _running: apiserver::Running,
+    _server: testkit::TestServer,
     client: kube::Client,
     stop: CancellationToken,
 }
@@ -26,24 +25,8 @@ impl Drop for Env {
 }
 
 async fn start() -> anyhow::Result<Env> {
-    let dir = tempfile::tempdir()?;
-    let running = apiserver::start(apiserver::Config {
-        data_dir: dir.path().into(),
-        bind: "127.0.0.1:0".parse()?,
-        kubeconfig: None,
-        tls_sans: vec![],
-        store: store::Options {
-            fsync: false,
-            ..Default::default()
-        },
-        default_toleration_seconds: 300,
-        default_unreachable_toleration_seconds: 300,
-    })
-    .await?;
-    let kc = kube::config::Kubeconfig::read_from(&running.kubeconfig)?;
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-        .await?;
-    let client = kube::Client::try_from(cfg)?;
+    let server = testkit::TestServer::start().await?;
+    let client = server.client.clone();
     let stop = CancellationToken::new();
     let ctx = controllers::Context::new(
         client.clone(),
@@ -56,8 +39,7 @@ async fn start() -> anyhow::Result<Env> {
     };
     tokio::spawn(controllers::job::run_with(Arc::clone(&ctx), cfg));
     Ok(Env {
-        _dir: dir,
-        _running: running,
+        _server: server,
         client,
         stop,
     })

@@ -16,8 +16,7 @@ type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 struct Cluster {
     client: Client,
-    _running: apiserver::Running,
-    _dir: tempfile::TempDir,
+    _server: testkit::TestServer,
     stop: CancellationToken,
 }
 
@@ -28,24 +27,8 @@ impl Drop for Cluster {
 }
 
 async fn cluster() -> Res<Cluster> {
-    let dir = tempfile::tempdir()?;
-    let running = apiserver::start(apiserver::Config {
-        data_dir: dir.path().into(),
-        bind: "127.0.0.1:0".parse()?,
-        kubeconfig: None,
-        tls_sans: vec![],
-        store: store::Options {
-            fsync: false,
-            ..Default::default()
-        },
-        default_toleration_seconds: 300,
-        default_unreachable_toleration_seconds: 300,
-    })
-    .await?;
-    let kc = kube::config::Kubeconfig::read_from(&running.kubeconfig)?;
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-        .await?;
-    let client = Client::try_from(cfg)?;
+    let server = testkit::TestServer::start().await?;
+    let client = server.client.clone();
     let stop = CancellationToken::new();
     let ctx = controllers::Context::new(
         client.clone(),
@@ -55,8 +38,7 @@ async fn cluster() -> Res<Cluster> {
     tokio::spawn(controllers::namespace::run(ctx));
     Ok(Cluster {
         client,
-        _running: running,
-        _dir: dir,
+        _server: server,
         stop,
     })
 }

@@ -32,24 +32,8 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn default_service_account_in_every_namespace() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let running = apiserver::start(apiserver::Config {
-        data_dir: dir.path().into(),
-        bind: "127.0.0.1:0".parse()?,
-        kubeconfig: None,
-        tls_sans: vec![],
-        store: store::Options {
-            fsync: false,
-            ..Default::default()
-        },
-        default_toleration_seconds: 300,
-        default_unreachable_toleration_seconds: 300,
-    })
-    .await?;
-    let kc = kube::config::Kubeconfig::read_from(&running.kubeconfig)?;
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-        .await?;
-    let client = kube::Client::try_from(cfg)?;
+    let server = testkit::TestServer::start().await?;
+    let client = server.client.clone();
 
     let shutdown = CancellationToken::new();
     let ctx = controllers::Context::new(
@@ -101,6 +85,6 @@ async fn default_service_account_in_every_namespace() -> anyhow::Result<()> {
 
     shutdown.cancel();
     task.await??;
-    running.shutdown().await?;
+    server.shutdown().await?;
     Ok(())
 }

@@ -1,17 +1,15 @@
 //! Simulated nodes against a real in-process API server: registration, Lease heartbeats and
 //! the pod lifecycle (running, exiting, crash-looping, graceful deletion).
 
-mod common;
-
 use std::time::Duration;
 
-use common::wait_for;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{DeleteParams, PostParams};
 use kube::{Api, Client};
 use kubelet::simulated::{SimOptions, run};
 use serde_json::json;
+use testkit::wait_for;
 use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -37,15 +35,15 @@ fn pod_condition(pod: &Pod, ty: &str) -> Option<String> {
 }
 
 struct Sim {
-    server: common::Server,
+    server: testkit::TestServer,
     client: Client,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
 async fn start_sim(nodes: usize, prefix: &str) -> anyhow::Result<Sim> {
-    let server = common::start().await?;
-    let joined = kubelet::join(&server.url, &server.running.token).await?;
+    let server = testkit::TestServer::start().await?;
+    let joined = kubelet::join(&server.url(), &server.running.token).await?;
     let stop = CancellationToken::new();
     let opts = SimOptions {
         nodes,

@@ -13,26 +13,6 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-async fn client(dir: &std::path::Path) -> anyhow::Result<(apiserver::Running, kube::Client)> {
-    let running = apiserver::start(apiserver::Config {
-        data_dir: dir.into(),
-        bind: "127.0.0.1:0".parse()?,
-        kubeconfig: None,
-        tls_sans: vec![],
-        store: store::Options {
-            fsync: false,
-            ..Default::default()
-        },
-        default_toleration_seconds: 300,
-        default_unreachable_toleration_seconds: 300,
-    })
-    .await?;
-    let kc = kube::config::Kubeconfig::read_from(&running.kubeconfig)?;
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-        .await?;
-    Ok((running, kube::Client::try_from(cfg)?))
-}
-
 async fn create_node(nodes: &Api<Node>, name: &str, cpu: &str) -> anyhow::Result<()> {
     let status = json!({
         "capacity": {"cpu": cpu, "memory": "8Gi", "pods": "110"},
@@ -130,8 +110,8 @@ async fn binds_within_capacity_reports_unschedulable_and_preempts() -> anyhow::R
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("SKIFF_LOG"))
         .with_test_writer()
         .try_init();
-    let dir = tempfile::tempdir()?;
-    let (_running, client) = client(dir.path()).await?;
+    let server = testkit::TestServer::start().await?;
+    let client = server.client.clone();
     let nodes: Api<Node> = Api::all(client.clone());
     for i in 0..5 {
         create_node(&nodes, &format!("node-{i}"), "4").await?;
@@ -296,8 +276,8 @@ async fn unschedulable_condition_event_lease_and_preemption() -> anyhow::Result<
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("SKIFF_LOG"))
         .with_test_writer()
         .try_init();
-    let dir = tempfile::tempdir()?;
-    let (_running, client) = client(dir.path()).await?;
+    let server = testkit::TestServer::start().await?;
+    let client = server.client.clone();
     let nodes: Api<Node> = Api::all(client.clone());
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     priority_class(&client, "vip", 1000).await?;
