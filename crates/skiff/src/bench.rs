@@ -88,8 +88,12 @@ async fn start_server() -> Result<(ServerProcess, Duration)> {
     let exe = std::env::current_exe()?;
     let started = Instant::now();
     let child = std::process::Command::new(exe)
+        // The API server and store alone: the scheduler and controllers would react to the
+        // benchmark's pods (scheduling attempts, events) and measure themselves instead.
         .args([
             "server",
+            "--disable-scheduler",
+            "--disable-controller-manager",
             "--bind-address",
             "127.0.0.1",
             "--https-listen-port",
