@@ -276,6 +276,8 @@ pub struct Filter {
     pub labels: LabelSelector,
     pub fields: FieldSelector,
     convert: Option<Arc<Resource>>,
+    /// What the selectors read, for partial parses of stored objects.
+    paths: crate::project::Paths,
 }
 
 impl Filter {
@@ -288,10 +290,18 @@ impl Filter {
         )
         .map_err(ApiError::bad_request)?;
         let convert = ctx.res.converts().then(|| ctx.res.clone());
+        let mut paths = crate::project::Paths::default();
+        if !labels.is_empty() {
+            paths.add(["metadata", "labels"]);
+        }
+        for f in fields.fields() {
+            paths.add(f.split('.'));
+        }
         Ok(Filter {
             labels,
             fields,
             convert,
+            paths,
         })
     }
 
@@ -299,14 +309,17 @@ impl Filter {
         self.labels.is_empty() && self.fields.is_empty()
     }
 
+    /// Whether a stored object matches; parses only what the selectors read (converted
+    /// kinds are matched in their served form, so they are parsed whole).
     pub fn matches_bytes(&self, bytes: &[u8]) -> bool {
         if self.is_empty() {
             return true;
         }
-        match serde_json::from_slice::<Value>(bytes) {
-            Ok(v) => self.matches(&v),
-            Err(_) => false,
-        }
+        let parsed = match self.convert {
+            Some(_) => serde_json::from_slice::<Value>(bytes).ok(),
+            None => self.paths.parse(bytes),
+        };
+        parsed.is_some_and(|v| self.matches(&v))
     }
 
     pub fn matches(&self, stored: &Value) -> bool {

@@ -226,6 +226,11 @@ impl FieldSelector {
         self.terms.is_empty()
     }
 
+    /// The fields the terms read, as dotted paths.
+    pub fn fields(&self) -> impl Iterator<Item = &str> {
+        self.terms.iter().map(|(f, _, _)| f.as_str())
+    }
+
     /// The single `metadata.name=X` term, if that is what this selector pins (watch by name).
     pub fn name(&self) -> Option<&str> {
         self.terms

@@ -115,6 +115,7 @@ pub async fn watch(ctx: Ctx<'_>) -> ApiResult<Response<Body>> {
     };
     let store = ctx.server.store.clone();
     let shutdown = ctx.server.shutdown.clone();
+    let table_ctx = TableCtx::from(&ctx);
 
     // Initial state and the revision the live stream continues from.
     let mut initial_lines = Vec::new();
@@ -129,15 +130,10 @@ pub async fn watch(ctx: Ctx<'_>) -> ApiResult<Response<Body>> {
             if !kv.key.starts_with(prefix.as_str()) {
                 continue;
             }
-            if filter.is_empty() && enc.output == Output::Json && !enc.res.converts() {
-                initial_lines.push(raw_event_line("ADDED", &kv.value));
-                continue;
-            }
-            let Ok(obj) = serde_json::from_slice::<Value>(&kv.value) else {
-                continue;
-            };
-            if filter.matches(&obj) {
-                initial_lines.push(enc.event("ADDED", obj, &ctx));
+            if filter.matches_bytes(&kv.value)
+                && let Some(line) = encode_line(&mut enc, "ADDED", &kv.value, &table_ctx)
+            {
+                initial_lines.push(line);
             }
         }
         if send_initial == Some(true) && bookmarks {
@@ -165,7 +161,6 @@ pub async fn watch(ctx: Ctx<'_>) -> ApiResult<Response<Body>> {
     let exact_name = filter.fields.name().map(str::to_string);
     let res = ctx.res.clone();
     let output = ctx.output;
-    let table_ctx = TableCtx::from(&ctx);
     tokio::spawn(async move {
         for line in initial_lines {
             if tx.send(Ok(Frame::data(line))).await.is_err() {
@@ -197,7 +192,7 @@ pub async fn watch(ctx: Ctx<'_>) -> ApiResult<Response<Body>> {
                     let Some(ev) = ev else { break };
                     if let Some(n) = &exact_name
                         && !ev.kv.key.ends_with(&format!("/{n}")) { continue; }
-                    let Some(line) = table_ctx.with(|ctx| encode_event(&mut enc, &filter, &ev, ctx)) else { continue };
+                    let Some(line) = encode_event(&mut enc, &filter, &ev, &table_ctx) else { continue };
                     if tx.send(Ok(Frame::data(line))).await.is_err() { break; }
                 }
             }
@@ -227,20 +222,16 @@ fn encode_event(
     enc: &mut Encoder,
     filter: &Filter,
     ev: &store::Event,
-    ctx: &Ctx<'_>,
+    table: &TableCtx,
 ) -> Option<Bytes> {
-    // Selectors need the object; without them, plain JSON watches splice the stored bytes
-    // into the event line unparsed (the common case, fanned out to every watcher).
-    let parsed: Option<Value> = if filter.is_empty() {
-        None
-    } else {
-        Some(serde_json::from_slice(&ev.kv.value).ok()?)
-    };
-    let now = parsed.as_ref().is_none_or(|obj| filter.matches(obj));
-    let before = match (&ev.prev, filter.is_empty()) {
-        (_, true) => true,
-        (Some(p), false) => filter.matches_bytes(p),
-        (None, false) => false,
+    // Selectors read only the paths they name (a partial parse); plain JSON and metadata
+    // watches splice the stored bytes into the event line, so the common case never builds
+    // the object.
+    let now = filter.matches_bytes(&ev.kv.value);
+    let before = match &ev.prev {
+        _ if filter.is_empty() => true,
+        Some(p) => filter.matches_bytes(p),
+        None => false,
     };
     let ty = match (ev.kind, before, now) {
         (EventType::Added, _, true) => "ADDED",
@@ -250,14 +241,37 @@ fn encode_event(
         (EventType::Deleted, _, true) => "DELETED",
         _ => return None,
     };
-    if enc.output == Output::Json && !enc.res.converts() {
-        return Some(raw_event_line(ty, &ev.kv.value));
+    encode_line(enc, ty, &ev.kv.value, table)
+}
+
+/// The watch line for a stored object in the requested output.
+fn encode_line(enc: &mut Encoder, ty: &str, stored: &[u8], table: &TableCtx) -> Option<Bytes> {
+    if !enc.res.converts() {
+        match enc.output {
+            Output::Json => return Some(raw_event_line(ty, stored)),
+            Output::Metadata => {
+                let meta = crate::project::raw_metadata(stored)?;
+                return Some(raw_metadata_line(ty, meta));
+            }
+            _ => {}
+        }
     }
-    let obj = match parsed {
-        Some(obj) => obj,
-        None => serde_json::from_slice(&ev.kv.value).ok()?,
-    };
-    Some(enc.event(ty, obj, ctx))
+    let obj = serde_json::from_slice(stored).ok()?;
+    Some(table.with(|ctx| enc.event(ty, obj, ctx)))
+}
+
+/// The metadata-only (`PartialObjectMetadata`) event line around a stored object's raw
+/// `metadata`.
+fn raw_metadata_line(ty: &str, meta: &str) -> Bytes {
+    let mut line = Vec::with_capacity(meta.len() + 112);
+    line.extend_from_slice(b"{\"type\":\"");
+    line.extend_from_slice(ty.as_bytes());
+    line.extend_from_slice(
+        b"\",\"object\":{\"kind\":\"PartialObjectMetadata\",\"apiVersion\":\"meta.k8s.io/v1\",\"metadata\":",
+    );
+    line.extend_from_slice(meta.as_bytes());
+    line.extend_from_slice(b"}}\n");
+    Bytes::from(line)
 }
 
 /// `{"type":"<ty>","object":<stored bytes>}\n` — the stored bytes are already the served JSON.

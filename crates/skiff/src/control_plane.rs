@@ -1,11 +1,15 @@
 //! The control loops `skiff server` runs beside its API server: the scheduler and the
-//! controller manager, each an API client of that server (over its own TLS connection, with the
-//! admin credentials until RBAC gives each component its own identity).
+//! controller manager, each an API client of that server through the in-process loopback
+//! transport (`apiserver::loopback`), as `system:kube-scheduler` and
+//! `system:kube-controller-manager`.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
+use apiserver::loopback::Loopback;
+use apiserver::server::ApiServer;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -43,25 +47,20 @@ pub struct ControlPlaneArgs {
     pub hpa_downscale_stabilization: Duration,
 }
 
-/// An API client of the local server as its admin.
-pub async fn local_client(kubeconfig: &std::path::Path) -> Result<kube::Client> {
-    let kc =
-        kube::config::Kubeconfig::read_from(kubeconfig).context("reading the admin kubeconfig")?;
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-        .await
-        .context("loading the admin kubeconfig")?;
-    kube::Client::try_from(cfg).context("building the in-process API client")
+/// An API client of `server` for the component `name`.
+fn loopback_client(server: &Arc<ApiServer>, name: &str) -> kube::Client {
+    kube::Client::new(Loopback::new(server.clone(), name), "default")
 }
 
 /// Starts the enabled control loops; they stop when `shutdown` is cancelled.
-pub async fn start(
-    kubeconfig: &std::path::Path,
+pub fn start(
+    server: &Arc<ApiServer>,
     args: &ControlPlaneArgs,
     shutdown: CancellationToken,
 ) -> Result<JoinSet<()>> {
-    let client = local_client(kubeconfig).await?;
     let mut tasks = JoinSet::new();
     if !args.disable_controller_manager {
+        let client = loopback_client(server, "kube-controller-manager");
         let opts = controllers::Options {
             node_monitor_grace_period: args.node_monitor_grace_period,
             hpa_sync_period: args.hpa_sync_period,
@@ -80,6 +79,7 @@ pub async fn start(
             Some(path) => scheduler::Config::from_file(path)?,
             None => scheduler::Config::default(),
         };
+        let client = loopback_client(server, "kube-scheduler");
         tasks.spawn(async move {
             if let Err(e) = scheduler::run(client, config, shutdown).await {
                 tracing::error!("scheduler stopped: {e:#}");

@@ -204,8 +204,7 @@ fn run_server(args: ServerArgs) -> Result<()> {
         };
         let running = apiserver::start(cfg).await?;
         let loops = CancellationToken::new();
-        let mut tasks =
-            control_plane::start(&running.kubeconfig, &args.control, loops.clone()).await?;
+        let mut tasks = control_plane::start(&running.server, &args.control, loops.clone())?;
         eprintln!("skiff: API server listening on https://{}", running.addr);
         eprintln!(
             "skiff: kubeconfig written to {}",

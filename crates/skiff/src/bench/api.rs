@@ -1,7 +1,5 @@
-//! `skiff bench`: starts a real `skiff server` process (this binary) on a fresh data dir and
-//! measures it over HTTPS the way clients meet it, then prints a table of figures.
+//! The API server and store alone: durable creates, point reads, LIST, watch latency.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -10,142 +8,9 @@ use http::{Method, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 
-#[derive(clap::Parser, Clone)]
-pub struct BenchArgs {
-    /// Durable creates in the create benchmark.
-    #[arg(long, default_value_t = 20_000)]
-    creates: usize,
-    /// Concurrent clients (each with its own connection).
-    #[arg(long, default_value_t = 50)]
-    clients: usize,
-    /// Objects in the LIST benchmark.
-    #[arg(long, default_value_t = 10_000)]
-    list_objects: usize,
-    /// Smaller runs, for CI smoke use.
-    #[arg(long)]
-    quick: bool,
-}
+use super::{BenchArgs, Figure, concurrent, make_namespace, ms, percentile, rss_mb, start_server};
 
-struct Figure {
-    name: &'static str,
-    value: f64,
-    unit: &'static str,
-    target: &'static str,
-}
-
-pub fn run(mut args: BenchArgs) -> Result<()> {
-    if args.quick {
-        args.creates = args.creates.min(3_000);
-        args.list_objects = args.list_objects.min(2_000);
-    }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    let figures = rt.block_on(bench(args))?;
-    println!("{:<34} {:>12}  {:<6} target", "figure", "value", "unit");
-    for f in &figures {
-        let v = if f.value >= 100.0 {
-            format!("{:.0}", f.value)
-        } else {
-            format!("{:.2}", f.value)
-        };
-        println!("{:<34} {:>12}  {:<6} {}", f.name, v, f.unit, f.target);
-    }
-    Ok(())
-}
-
-/// A child `skiff server` killed when dropped.
-struct ServerProcess {
-    child: std::process::Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-    kubeconfig: std::path::PathBuf,
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn rss_mb(pid: u32) -> Result<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kb = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse::<f64>().ok())
-        .context("no VmRSS")?;
-    Ok(kb / 1024.0)
-}
-
-async fn start_server() -> Result<(ServerProcess, Duration)> {
-    let dir = tempfile::tempdir()?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let exe = std::env::current_exe()?;
-    let started = Instant::now();
-    let child = std::process::Command::new(exe)
-        // The API server and store alone: the scheduler and controllers would react to the
-        // benchmark's pods (scheduling attempts, events) and measure themselves instead.
-        .args([
-            "server",
-            "--disable-scheduler",
-            "--disable-controller-manager",
-            "--bind-address",
-            "127.0.0.1",
-            "--https-listen-port",
-            &port.to_string(),
-            "--data-dir",
-        ])
-        .arg(dir.path())
-        .env("SKIFF_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .context("starting skiff server")?;
-    let kubeconfig = dir.path().join("kubeconfig.yaml");
-    let mut server = ServerProcess {
-        child,
-        port,
-        _dir: dir,
-        kubeconfig,
-    };
-    let deadline = started + Duration::from_secs(20);
-    loop {
-        if Instant::now() > deadline {
-            bail!("server did not become ready");
-        }
-        if let Some(status) = server.child.try_wait()? {
-            bail!("server exited with {status}");
-        }
-        if server.kubeconfig.exists()
-            && let Ok(c) = Client::connect(&server.kubeconfig, server.port).await
-            && c.request(Method::GET, "/readyz", None)
-                .await
-                .is_ok_and(|r| r.0 == StatusCode::OK)
-        {
-            return Ok((server, started.elapsed()));
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-fn pod(ns: &str, name: &str) -> Vec<u8> {
+pub(super) fn pod(ns: &str, name: &str) -> Vec<u8> {
     serde_json::to_vec(&json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": { "name": name, "namespace": ns, "labels": { "app": "bench", "tier": "web" } },
@@ -155,65 +20,14 @@ fn pod(ns: &str, name: &str) -> Vec<u8> {
     .unwrap_or_default()
 }
 
-async fn make_namespace(c: &Client, ns: &str) -> Result<()> {
-    let body = serde_json::to_vec(
-        &json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": ns } }),
-    )?;
-    let (s, b) = c
-        .request(Method::POST, "/api/v1/namespaces", Some(body))
-        .await?;
-    if s != StatusCode::CREATED {
-        bail!(
-            "creating namespace {ns}: {s} {}",
-            String::from_utf8_lossy(&b)
-        );
-    }
-    Ok(())
-}
-
-/// Runs `total` requests over `clients` connections; returns sorted latencies and wall time.
-async fn concurrent<F, Fut>(
-    clients: &[Client],
-    total: usize,
-    f: F,
-) -> Result<(Vec<Duration>, Duration)>
-where
-    F: Fn(Client, usize) -> Fut + Send + Sync + 'static + Clone,
-    Fut: std::future::Future<Output = Result<()>> + Send,
-{
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for c in clients {
-        let (c, next, f) = (c.clone(), next.clone(), f.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if i >= total {
-                    break;
-                }
-                let t = Instant::now();
-                f(c.clone(), i).await?;
-                lat.push(t.elapsed());
-            }
-            Ok::<_, anyhow::Error>(lat)
-        }));
-    }
-    let mut all = Vec::with_capacity(total);
-    for t in tasks {
-        all.extend(t.await??);
-    }
-    let wall = started.elapsed();
-    all.sort();
-    Ok((all, wall))
-}
-
-async fn bench(args: BenchArgs) -> Result<Vec<Figure>> {
+pub async fn bench(args: &BenchArgs) -> Result<Vec<Figure>> {
     let mut figs = Vec::new();
-    let (server, ready) = start_server().await?;
+    // The API server and store alone: the scheduler and controllers would react to the
+    // benchmark's pods (scheduling attempts, events) and measure themselves instead.
+    let (server, ready) =
+        start_server(&["--disable-scheduler", "--disable-controller-manager"]).await?;
     figs.push(Figure {
-        name: "server start to /readyz (fresh dir)",
+        name: "server start to /readyz (fresh dir)".into(),
         value: ms(ready),
         unit: "ms",
         target: "< 1000",
@@ -221,7 +35,7 @@ async fn bench(args: BenchArgs) -> Result<Vec<Figure>> {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let pid = server.child.id();
     figs.push(Figure {
-        name: "server RSS idle",
+        name: "server RSS idle".into(),
         value: rss_mb(pid)?,
         unit: "MB",
         target: "< 30",
@@ -245,19 +59,19 @@ async fn bench(args: BenchArgs) -> Result<Vec<Figure>> {
     })
     .await?;
     figs.push(Figure {
-        name: "creates/s (50 clients, durable)",
+        name: "creates/s (50 clients, durable)".into(),
         value: args.creates as f64 / wall.as_secs_f64(),
         unit: "1/s",
         target: ">= 10000",
     });
     figs.push(Figure {
-        name: "create latency p50",
+        name: "create latency p50".into(),
         value: ms(percentile(&lat, 0.5)),
         unit: "ms",
         target: "",
     });
     figs.push(Figure {
-        name: "create latency p99",
+        name: "create latency p99".into(),
         value: ms(percentile(&lat, 0.99)),
         unit: "ms",
         target: "< 50",
@@ -283,7 +97,7 @@ async fn bench(args: BenchArgs) -> Result<Vec<Figure>> {
     })
     .await?;
     figs.push(Figure {
-        name: "GET/s (50 clients)",
+        name: "GET/s (50 clients)".into(),
         value: n as f64 / wall.as_secs_f64(),
         unit: "1/s",
         target: "",
@@ -332,19 +146,19 @@ async fn bench(args: BenchArgs) -> Result<Vec<Figure>> {
     json_lat.sort();
     table_lat.sort();
     figs.push(Figure {
-        name: "LIST pods JSON (median of 5)",
+        name: "LIST pods JSON (median of 5)".into(),
         value: ms(percentile(&json_lat, 0.5)),
         unit: "ms",
         target: "< 100 (10k)",
     });
     figs.push(Figure {
-        name: "LIST pods Table (median of 5)",
+        name: "LIST pods Table (median of 5)".into(),
         value: ms(percentile(&table_lat, 0.5)),
         unit: "ms",
         target: "",
     });
     figs.push(Figure {
-        name: "list size (pods)",
+        name: "list size (pods)".into(),
         value: objects as f64,
         unit: "",
         target: "",
@@ -401,13 +215,13 @@ async fn bench(args: BenchArgs) -> Result<Vec<Figure>> {
     }
     watch_lat.sort();
     figs.push(Figure {
-        name: "watch event latency p50",
+        name: "watch event latency p50".into(),
         value: ms(percentile(&watch_lat, 0.5)),
         unit: "ms",
         target: "",
     });
     figs.push(Figure {
-        name: "watch event latency p99",
+        name: "watch event latency p99".into(),
         value: ms(percentile(&watch_lat, 0.99)),
         unit: "ms",
         target: "",
@@ -416,7 +230,7 @@ async fn bench(args: BenchArgs) -> Result<Vec<Figure>> {
     drop(c0);
     tokio::time::sleep(Duration::from_millis(300)).await;
     figs.push(Figure {
-        name: "server RSS with objects loaded",
+        name: "server RSS with objects loaded".into(),
         value: rss_mb(pid)?,
         unit: "MB",
         target: "",

@@ -1,0 +1,458 @@
+//! The scheduler end to end: a real `skiff server` (scheduler and controllers on) and a
+//! `skiff agent --simulated-nodes N` process; pods are created through the API and a watch
+//! records when each is bound and when it is Running. Then the server is filled to
+//! `--total-pods` and its memory is read while the simulated nodes keep renewing their Leases.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use apiserver::client::Client;
+use http::{Method, StatusCode};
+use http_body_util::BodyExt;
+use serde::Deserialize;
+
+use super::{BenchArgs, Figure, concurrent, make_namespace, ms, percentile, rss_mb, start_server};
+
+const NS: &str = "bench-sched";
+/// How often the simulated nodes renew their Leases (upstream kubelet: a quarter of 40 s).
+const LEASE_RENEW: Duration = Duration::from_secs(10);
+
+/// A child process killed when dropped.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[derive(Deserialize)]
+struct WatchLine {
+    object: WatchPod,
+}
+
+#[derive(Deserialize)]
+struct WatchPod {
+    metadata: Meta,
+    #[serde(default)]
+    spec: Spec,
+    #[serde(default)]
+    status: Status,
+}
+
+#[derive(Deserialize)]
+struct Meta {
+    #[serde(default)]
+    name: String,
+}
+
+#[derive(Deserialize, Default)]
+struct Spec {
+    #[serde(default, rename = "nodeName")]
+    node_name: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct Status {
+    #[serde(default)]
+    phase: Option<String>,
+}
+
+/// When each pod was created, bound and seen Running, in µs since the benchmark's start
+/// (0: not yet).
+struct Timeline {
+    start: Instant,
+    created: Vec<AtomicU64>,
+    bound: Vec<AtomicU64>,
+    running: Vec<AtomicU64>,
+    bound_count: AtomicUsize,
+    running_count: AtomicUsize,
+}
+
+impl Timeline {
+    fn new(n: usize) -> Self {
+        let v = || (0..n).map(|_| AtomicU64::new(0)).collect();
+        Timeline {
+            start: Instant::now(),
+            created: v(),
+            bound: v(),
+            running: v(),
+            bound_count: AtomicUsize::new(0),
+            running_count: AtomicUsize::new(0),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        (self.start.elapsed().as_micros() as u64).max(1)
+    }
+
+    fn observe(&self, pod: &WatchPod) {
+        let Some(i) = pod
+            .metadata
+            .name
+            .strip_prefix("pod-")
+            .and_then(|i| i.parse::<usize>().ok())
+            .filter(|i| *i < self.bound.len())
+        else {
+            return;
+        };
+        let now = self.now();
+        let set = |slot: &AtomicU64, count: &AtomicUsize| {
+            if slot
+                .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+            {
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+        };
+        if pod.spec.node_name.as_deref().is_some_and(|n| !n.is_empty()) {
+            set(&self.bound[i], &self.bound_count);
+        }
+        if pod.status.phase.as_deref() == Some("Running") {
+            set(&self.running[i], &self.running_count);
+        }
+    }
+
+    /// Per-pod latencies from `from` to `to` over `range`, sorted.
+    fn latencies(
+        &self,
+        from: &[AtomicU64],
+        to: &[AtomicU64],
+        range: std::ops::Range<usize>,
+    ) -> Vec<Duration> {
+        let mut v: Vec<Duration> = range
+            .map(|i| {
+                let (a, b) = (
+                    from[i].load(Ordering::Relaxed),
+                    to[i].load(Ordering::Relaxed),
+                );
+                Duration::from_micros(b.saturating_sub(a))
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn last(&self, of: &[AtomicU64], range: std::ops::Range<usize>) -> Duration {
+        Duration::from_micros(
+            of[range]
+                .iter()
+                .map(|t| t.load(Ordering::Relaxed))
+                .max()
+                .unwrap_or(0),
+        )
+    }
+}
+
+async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        if Instant::now() > deadline {
+            bail!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+async fn ready_nodes(c: &Client) -> Result<usize> {
+    #[derive(Deserialize)]
+    struct List {
+        items: Vec<Node>,
+    }
+    #[derive(Deserialize)]
+    struct Node {
+        #[serde(default)]
+        status: NodeStatus,
+    }
+    #[derive(Deserialize, Default)]
+    struct NodeStatus {
+        #[serde(default)]
+        conditions: Vec<Condition>,
+    }
+    #[derive(Deserialize)]
+    struct Condition {
+        #[serde(rename = "type")]
+        type_: String,
+        status: String,
+    }
+    let (s, b) = c.request(Method::GET, "/api/v1/nodes", None).await?;
+    if s != StatusCode::OK {
+        bail!("list nodes: {s}");
+    }
+    let list: List = serde_json::from_slice(&b)?;
+    Ok(list
+        .items
+        .iter()
+        .filter(|n| {
+            n.status
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+        })
+        .count())
+}
+
+/// The store's revision now (a namespaced list answers with it).
+async fn current_revision(c: &Client) -> Result<u64> {
+    let (_, b) = c
+        .request(
+            Method::GET,
+            "/api/v1/namespaces/default/configmaps?limit=1",
+            None,
+        )
+        .await?;
+    let list: serde_json::Value = serde_json::from_slice(&b)?;
+    Ok(list["metadata"]["resourceVersion"]
+        .as_str()
+        .context("no resourceVersion")?
+        .parse()?)
+}
+
+/// Follows pod events in the benchmark namespace from `rv` into `tl`.
+async fn follow(c: Client, rv: String, tl: Arc<Timeline>) -> Result<()> {
+    let resp = c
+        .send(
+            Method::GET,
+            &format!(
+                "/api/v1/namespaces/{NS}/pods?watch=true&resourceVersion={rv}&timeoutSeconds=3600"
+            ),
+            None,
+            "application/json",
+        )
+        .await?;
+    if resp.status() != StatusCode::OK {
+        bail!("watch pods: {}", resp.status());
+    }
+    let mut body = resp.into_body();
+    let mut buf: Vec<u8> = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        buf.extend_from_slice(&data);
+        let mut used = 0;
+        while let Some(nl) = buf[used..].iter().position(|b| *b == b'\n') {
+            let line = &buf[used..used + nl];
+            used += nl + 1;
+            if let Ok(ev) = serde_json::from_slice::<WatchLine>(line) {
+                tl.observe(&ev.object);
+            }
+        }
+        buf.drain(..used);
+    }
+    bail!("the pod watch ended")
+}
+
+async fn create_pods(
+    clients: &[Client],
+    tl: &Arc<Timeline>,
+    range: std::ops::Range<usize>,
+) -> Result<Duration> {
+    let (first, n) = (range.start, range.len());
+    let tl = tl.clone();
+    let (_, wall) = concurrent(clients, n, move |c, i| {
+        let tl = tl.clone();
+        async move {
+            let i = first + i;
+            tl.created[i].store(tl.now(), Ordering::Relaxed);
+            let (s, b) = c
+                .request(
+                    Method::POST,
+                    &format!("/api/v1/namespaces/{NS}/pods"),
+                    Some(super::api::pod(NS, &format!("pod-{i}"))),
+                )
+                .await?;
+            if s != StatusCode::CREATED {
+                bail!("create pod: {s} {}", String::from_utf8_lossy(&b));
+            }
+            Ok(())
+        }
+    })
+    .await?;
+    Ok(wall)
+}
+
+fn rate(n: usize, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64().max(1e-9)
+}
+
+pub async fn bench(args: &BenchArgs) -> Result<Vec<Figure>> {
+    let mut figs = Vec::new();
+    let mut fig = |name: String, value: f64, unit: &'static str, target: &'static str| {
+        figs.push(Figure {
+            name,
+            value,
+            unit,
+            target,
+        })
+    };
+    let (server, _) = start_server(&[]).await?;
+    let token = std::fs::read_to_string(server.dir.path().join("server/token"))?;
+    let started = Instant::now();
+    let agent = Killed(
+        std::process::Command::new(std::env::current_exe()?)
+            .args(["agent", "--simulated-nodes", &args.nodes.to_string()])
+            .args(["--server", &format!("https://127.0.0.1:{}", server.port)])
+            .args(["--token", token.trim(), "--data-dir"])
+            .arg(server.dir.path().join("sim-agent"))
+            .env("SKIFF_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(super::log_file("agent")?)
+            .spawn()
+            .context("starting skiff agent")?,
+    );
+    let c0 = Client::connect(&server.kubeconfig, server.port).await?;
+    let nodes = args.nodes;
+    loop {
+        if ready_nodes(&c0).await? >= nodes {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(300) {
+            bail!("{nodes} simulated nodes did not become Ready");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    fig(
+        format!("{nodes} simulated nodes registered and Ready"),
+        started.elapsed().as_secs_f64(),
+        "s",
+        "",
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let pid = server.child.id();
+    fig(
+        format!("server RSS with {nodes} nodes"),
+        rss_mb(pid)?,
+        "MB",
+        "",
+    );
+
+    make_namespace(&c0, NS).await?;
+    let (_, b) = c0
+        .request(
+            Method::GET,
+            &format!("/api/v1/namespaces/{NS}/pods?limit=1"),
+            None,
+        )
+        .await?;
+    let list: serde_json::Value = serde_json::from_slice(&b)?;
+    let rv = list["metadata"]["resourceVersion"]
+        .as_str()
+        .context("no resourceVersion")?
+        .to_string();
+    let rv_before: u64 = rv.parse()?;
+    let tl = Arc::new(Timeline::new(args.total_pods));
+    let watcher = tokio::spawn(follow(
+        Client::connect(&server.kubeconfig, server.port).await?,
+        rv,
+        tl.clone(),
+    ));
+    let mut clients = Vec::new();
+    for _ in 0..args.clients {
+        clients.push(Client::connect(&server.kubeconfig, server.port).await?);
+    }
+
+    // The measured burst.
+    let n = args.pods;
+    let t0 = Duration::from_micros(tl.now());
+    let create_wall = create_pods(&clients, &tl, 0..n).await?;
+    let timeout = Duration::from_secs(120 + n as u64 / 50);
+    wait_until("pods bound", timeout, || {
+        watcher.is_finished() || tl.bound_count.load(Ordering::Relaxed) >= n
+    })
+    .await?;
+    wait_until("pods Running", timeout, || {
+        watcher.is_finished() || tl.running_count.load(Ordering::Relaxed) >= n
+    })
+    .await?;
+    if watcher.is_finished() {
+        watcher.await??;
+        bail!("the pod watch ended");
+    }
+    let rv_after = current_revision(&c0).await?;
+    let bound_wall = tl.last(&tl.bound, 0..n).saturating_sub(t0);
+    let running_wall = tl.last(&tl.running, 0..n).saturating_sub(t0);
+    fig(
+        format!("pods created/s ({n} pods, {} clients)", args.clients),
+        rate(n, create_wall),
+        "1/s",
+        "",
+    );
+    fig(
+        format!("pods bound/s (create to bound, {nodes} nodes)"),
+        rate(n, bound_wall),
+        "1/s",
+        ">= 5000",
+    );
+    fig(
+        "pods Running/s (create to Running)".into(),
+        rate(n, running_wall),
+        "1/s",
+        "",
+    );
+    fig(
+        "store writes per pod (all kinds, while running)".into(),
+        rv_after.saturating_sub(rv_before) as f64 / n as f64,
+        "",
+        "",
+    );
+    let bind_lat = tl.latencies(&tl.created, &tl.bound, 0..n);
+    fig(
+        "create to bound p50".into(),
+        ms(percentile(&bind_lat, 0.5)),
+        "ms",
+        "",
+    );
+    fig(
+        "create to bound p99".into(),
+        ms(percentile(&bind_lat, 0.99)),
+        "ms",
+        "",
+    );
+    let run_lat = tl.latencies(&tl.created, &tl.running, 0..n);
+    fig(
+        "create to Running p99".into(),
+        ms(percentile(&run_lat, 0.99)),
+        "ms",
+        "",
+    );
+
+    // Fill the server up and let the Leases turn over before reading its memory.
+    let total = args.total_pods;
+    if total > n {
+        create_pods(&clients, &tl, n..total).await?;
+        wait_until("all pods Running", timeout * 3, || {
+            watcher.is_finished() || tl.running_count.load(Ordering::Relaxed) >= total
+        })
+        .await?;
+    }
+    let settle = if args.quick {
+        Duration::from_secs(2)
+    } else {
+        2 * LEASE_RENEW
+    };
+    tokio::time::sleep(settle).await;
+    let ready = ready_nodes(&c0).await?;
+    if ready < nodes {
+        bail!("only {ready} of {nodes} nodes Ready while holding {total} pods");
+    }
+    fig(
+        format!("server RSS, {nodes} nodes + {total} pods"),
+        rss_mb(pid)?,
+        "MB",
+        "",
+    );
+    fig(
+        format!("agent RSS, {nodes} simulated nodes"),
+        rss_mb(agent.0.id())?,
+        "MB",
+        "",
+    );
+    watcher.abort();
+    drop(agent);
+    Ok(figs)
+}
