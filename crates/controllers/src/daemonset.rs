@@ -39,16 +39,21 @@ pub async fn run(ctx: Arc<crate::Context>) -> anyhow::Result<()> {
     );
     let store = controller.store();
     controller
-        .owns(Api::<Pod>::all(client.clone()), watcher::Config::default())
+        .owns_shared_stream(
+            ctx.informers
+                .get::<Pod>(&client, watcher::Config::default(), &ctx.shutdown)
+                .objects(),
+        )
         .owns(
             Api::<ControllerRevision>::all(client.clone()),
             watcher::Config::default(),
         )
         // Any node change (new node, labels, taints) can change where every DaemonSet runs.
-        .watches(
-            Api::<Node>::all(client),
-            watcher::Config::default(),
-            move |_node: Node| {
+        .watches_shared_stream(
+            ctx.informers
+                .get::<Node>(&client, watcher::Config::default(), &ctx.shutdown)
+                .objects(),
+            move |_node: Arc<Node>| {
                 store
                     .state()
                     .into_iter()

@@ -50,68 +50,45 @@ pub(crate) mod kit {
 
     use futures::StreamExt;
     use kube::Resource;
-    use kube::api::Api;
-    use kube::runtime::WatchStreamExt;
-    use kube::runtime::reflector::{self, ObjectRef, Store};
+    use kube::runtime::reflector::Store;
     use kube::runtime::watcher;
     use serde::de::DeserializeOwned;
     use tokio::sync::mpsc;
     use tokio_util::sync::CancellationToken;
 
-    /// Starts a cache of `api` kept current by a watch, calling `on_event(old, event)` after
-    /// each event is applied (`old` is the cached object the event replaces, if any). Objects
-    /// that vanish across a re-list (deleted while the watch was down) are reported as
-    /// `Delete` events, so handlers never miss a deletion.
+    pub(crate) use crate::informer::Change;
+
+    /// The controller manager's shared cache of `K` (cluster-wide, with `wc`'s selectors),
+    /// calling `on_event(old, change)` for each change after the cache has it (`old` is the
+    /// cached object the change replaces or deletes). Deletions that happen while the watch is
+    /// down are reported when it relists, so handlers never miss one.
     pub(crate) fn informer<K, F>(
-        api: Api<K>,
+        ctx: &crate::Context,
         wc: watcher::Config,
-        shutdown: CancellationToken,
         mut on_event: F,
     ) -> Store<K>
     where
         K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-        F: FnMut(Option<Arc<K>>, &watcher::Event<K>) + Send + 'static,
+        F: FnMut(Option<Arc<K>>, &Change<K>) + Send + 'static,
     {
-        let (reader, mut writer) = reflector::store::<K>();
-        let cache = reader.clone();
+        let informer = ctx.informers.get::<K>(&ctx.client, wc, &ctx.shutdown);
+        let mut changes = Box::pin(informer.subscribe());
+        let shutdown = ctx.shutdown.clone();
         tokio::spawn(async move {
-            let mut events = watcher(api, wc).default_backoff().boxed();
-            let mut before_relist: Option<Vec<Arc<K>>> = None;
             loop {
-                let next = tokio::select! {
+                let change = tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    next = events.next() => next,
+                    c = changes.next() => match c { Some(c) => c, None => return },
                 };
-                let event = match next {
-                    Some(Ok(event)) => event,
-                    Some(Err(e)) => {
-                        tracing::debug!("watch of {} failed, retrying: {e}", K::plural(&()));
-                        continue;
-                    }
-                    None => return,
+                let old = match &change {
+                    Change::Apply { old, .. } => old.clone(),
+                    Change::Delete(o) => Some(o.clone()),
+                    _ => None,
                 };
-                let old = match &event {
-                    watcher::Event::Apply(o)
-                    | watcher::Event::Delete(o)
-                    | watcher::Event::InitApply(o) => cache.get(&ObjectRef::from_obj(o)),
-                    watcher::Event::Init => {
-                        before_relist = Some(cache.state());
-                        None
-                    }
-                    watcher::Event::InitDone => None,
-                };
-                writer.apply_watcher_event(&event);
-                on_event(old, &event);
-                if matches!(event, watcher::Event::InitDone) {
-                    for gone in before_relist.take().unwrap_or_default() {
-                        if cache.get(&ObjectRef::from_obj(gone.as_ref())).is_none() {
-                            on_event(Some(gone.clone()), &watcher::Event::Delete((*gone).clone()));
-                        }
-                    }
-                }
+                on_event(old, &change);
             }
         });
-        reader
+        informer.store()
     }
 
     /// The producer side of a work queue of `namespace/name` (or `name`) keys.
@@ -198,10 +175,20 @@ pub(crate) mod kit {
         K: Resource + Clone + 'static,
         K::DynamicType: Eq + std::hash::Hash + Clone,
     {
+        // Several controllers wait on one shared store, and kube-runtime's readiness signal
+        // wakes only the last waiter registered; waiting in short rounds re-polls it.
         for store in stores {
-            tokio::select! {
-                _ = shutdown.cancelled() => return false,
-                ready = store.wait_until_ready() => if ready.is_err() { return false },
+            loop {
+                let round =
+                    tokio::time::timeout(Duration::from_millis(50), store.wait_until_ready());
+                tokio::select! {
+                    _ = shutdown.cancelled() => return false,
+                    ready = round => match ready {
+                        Ok(Ok(())) => break,
+                        Ok(Err(_)) => return false,
+                        Err(_) => continue,
+                    },
+                }
             }
         }
         true
@@ -223,14 +210,9 @@ pub(crate) mod kit {
             .ok_or_else(|| anyhow::anyhow!("malformed queue key {key:?}"))
     }
 
-    /// The object carried by a watch event, if any.
-    pub(crate) fn object<K>(event: &watcher::Event<K>) -> Option<&K> {
-        match event {
-            watcher::Event::Apply(o) | watcher::Event::Delete(o) | watcher::Event::InitApply(o) => {
-                Some(o)
-            }
-            watcher::Event::Init | watcher::Event::InitDone => None,
-        }
+    /// The object carried by a change, if any.
+    pub(crate) fn object<K>(change: &Change<K>) -> Option<&K> {
+        change.object().map(|o| o.as_ref())
     }
 
     /// Remembers the resourceVersion each of our writes produced, so a sync that reads a cache
@@ -496,12 +478,12 @@ fn pod_endpoints_changed(old: &Pod, new: &Pod) -> (bool, bool) {
 pub(crate) fn services_for_pod_event(
     services: &Store<Service>,
     old: Option<&Pod>,
-    event: &watcher::Event<Pod>,
+    event: &kit::Change<Pod>,
 ) -> BTreeSet<String> {
     let Some(new) = kit::object(event) else {
         return BTreeSet::new();
     };
-    let deleted = matches!(event, watcher::Event::Delete(_));
+    let deleted = matches!(event, kit::Change::Delete(_));
     let mut label_sets = vec![];
     match old {
         Some(old) if !deleted => {
@@ -882,61 +864,43 @@ struct Controller {
 }
 
 pub async fn run(ctx: Arc<Context>) -> anyhow::Result<()> {
-    let client = ctx.client.clone();
     let shutdown = ctx.shutdown.clone();
     let (queue, rx) = kit::queue();
 
     let services = {
         let queue = queue.clone();
-        kit::informer(
-            Api::<Service>::all(client.clone()),
-            watcher::Config::default(),
-            shutdown.clone(),
-            move |_, ev| {
-                if let Some(svc) = kit::object(ev) {
-                    queue.add(kit::key(svc));
-                }
-            },
-        )
+        kit::informer::<Service, _>(&ctx, watcher::Config::default(), move |_, ev| {
+            if let Some(svc) = kit::object(ev) {
+                queue.add(kit::key(svc));
+            }
+        })
     };
     let pods = {
         let (queue, services) = (queue.clone(), services.clone());
-        kit::informer(
-            Api::<Pod>::all(client.clone()),
-            watcher::Config::default(),
-            shutdown.clone(),
-            move |old, ev| {
-                for key in services_for_pod_event(&services, old.as_deref(), ev) {
-                    queue.add(key);
-                }
-            },
-        )
+        kit::informer::<Pod, _>(&ctx, watcher::Config::default(), move |old, ev| {
+            for key in services_for_pod_event(&services, old.as_deref(), ev) {
+                queue.add(key);
+            }
+        })
     };
     let writes = Arc::new(Mutex::new(kit::WriteTracker::default()));
     let endpoints = {
         let (queue, writes) = (queue.clone(), writes.clone());
-        kit::informer(
-            Api::<Endpoints>::all(client.clone()),
-            watcher::Config::default(),
-            shutdown.clone(),
-            move |_, ev| match ev {
-                // A deleted Endpoints object is recreated if its Service still wants one.
-                watcher::Event::Delete(ep) => {
-                    let key = kit::key(ep);
-                    lock(&writes)
-                        .observed_deletion(&key, ep.metadata.name.as_deref().unwrap_or_default());
-                    queue.add(key);
-                }
-                // Listing finds Endpoints left behind by Services deleted while we were down
-                // (upstream `checkLeftoverEndpoints`).
-                watcher::Event::InitApply(ep)
-                    if !ep.annotations().contains_key(LEADER_ANNOTATION) =>
-                {
-                    queue.add(kit::key(ep))
-                }
-                _ => {}
-            },
-        )
+        kit::informer::<Endpoints, _>(&ctx, watcher::Config::default(), move |_, ev| match ev {
+            // A deleted Endpoints object is recreated if its Service still wants one.
+            kit::Change::Delete(ep) => {
+                let key = kit::key(ep.as_ref());
+                lock(&writes)
+                    .observed_deletion(&key, ep.metadata.name.as_deref().unwrap_or_default());
+                queue.add(key);
+            }
+            // Listing finds Endpoints left behind by Services deleted while we were down
+            // (upstream `checkLeftoverEndpoints`).
+            kit::Change::InitApply(ep) if !ep.annotations().contains_key(LEADER_ANNOTATION) => {
+                queue.add(kit::key(ep.as_ref()))
+            }
+            _ => {}
+        })
     };
 
     if !kit::wait_synced(&[&services], &shutdown).await

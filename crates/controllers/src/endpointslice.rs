@@ -546,65 +546,42 @@ fn managed_service_key(slice: &EndpointSlice) -> Option<String> {
 }
 
 pub async fn run(ctx: Arc<Context>) -> anyhow::Result<()> {
-    let client = ctx.client.clone();
     let shutdown = ctx.shutdown.clone();
     let (queue, rx) = kit::queue();
 
     let services = {
         let queue = queue.clone();
-        kit::informer(
-            Api::<Service>::all(client.clone()),
-            watcher::Config::default(),
-            shutdown.clone(),
-            move |_, ev| {
-                if let Some(svc) = kit::object(ev) {
-                    queue.add(kit::key(svc));
-                }
-            },
-        )
+        kit::informer::<Service, _>(&ctx, watcher::Config::default(), move |_, ev| {
+            if let Some(svc) = kit::object(ev) {
+                queue.add(kit::key(svc));
+            }
+        })
     };
     let pods = {
         let (queue, services) = (queue.clone(), services.clone());
-        kit::informer(
-            Api::<Pod>::all(client.clone()),
-            watcher::Config::default(),
-            shutdown.clone(),
-            move |old, ev| {
-                for key in services_for_pod_event(&services, old.as_deref(), ev) {
-                    queue.add(key);
-                }
-            },
-        )
+        kit::informer::<Pod, _>(&ctx, watcher::Config::default(), move |old, ev| {
+            for key in services_for_pod_event(&services, old.as_deref(), ev) {
+                queue.add(key);
+            }
+        })
     };
-    let nodes = kit::informer(
-        Api::<Node>::all(client.clone()),
-        watcher::Config::default(),
-        shutdown.clone(),
-        |_, _| {},
-    );
+    let nodes = kit::informer::<Node, _>(&ctx, watcher::Config::default(), |_, _| {});
     let writes = Arc::new(Mutex::new(kit::WriteTracker::default()));
     let slices = {
         let (queue, writes) = (queue.clone(), writes.clone());
         let wc =
             watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={CONTROLLER_NAME}"));
-        kit::informer(
-            Api::<EndpointSlice>::all(client.clone()),
-            wc,
-            shutdown.clone(),
-            move |_, ev| {
-                let Some(slice) = kit::object(ev) else { return };
-                let Some(key) = managed_service_key(slice) else {
-                    return;
-                };
-                if matches!(ev, watcher::Event::Delete(_)) {
-                    lock(&writes).observed_deletion(
-                        &key,
-                        slice.metadata.name.as_deref().unwrap_or_default(),
-                    );
-                }
-                queue.add(key);
-            },
-        )
+        kit::informer::<EndpointSlice, _>(&ctx, wc, move |_, ev| {
+            let Some(slice) = kit::object(ev) else { return };
+            let Some(key) = managed_service_key(slice) else {
+                return;
+            };
+            if matches!(ev, kit::Change::Delete(_)) {
+                lock(&writes)
+                    .observed_deletion(&key, slice.metadata.name.as_deref().unwrap_or_default());
+            }
+            queue.add(key);
+        })
     };
     if !kit::wait_synced(&[&services], &shutdown).await
         || !kit::wait_synced(&[&pods], &shutdown).await

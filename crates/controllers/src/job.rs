@@ -62,14 +62,16 @@ pub async fn run(ctx: Arc<crate::Context>) -> anyhow::Result<()> {
 /// Runs the Job controller with explicit tunables (tests shorten the backoff).
 pub async fn run_with(ctx: Arc<crate::Context>, cfg: Config) -> anyhow::Result<()> {
     let jobs: Api<Job> = Api::all(ctx.client.clone());
-    let pods: Api<Pod> = Api::all(ctx.client.clone());
+    let pods = ctx
+        .informers
+        .get::<Pod>(&ctx.client, watcher::Config::default(), &ctx.shutdown);
     let state = Arc::new(State {
         ctx: ctx.clone(),
         cfg,
         backoff: Mutex::new(HashMap::new()),
     });
     Controller::new(jobs, watcher::Config::default())
-        .owns(pods, watcher::Config::default())
+        .owns_shared_stream(pods.objects())
         .graceful_shutdown_on(ctx.shutdown.clone().cancelled_owned())
         .run(reconcile, error_policy, state)
         .for_each(|res| {

@@ -16,6 +16,7 @@ pub mod endpoints;
 pub mod endpointslice;
 pub mod gc;
 pub mod hpa;
+pub mod informer;
 pub mod job;
 pub mod leader;
 pub mod namespace;
@@ -60,6 +61,8 @@ pub struct Context {
     pub recorder: kube::runtime::events::Recorder,
     /// Cancelled when leadership is lost or the process stops.
     pub shutdown: CancellationToken,
+    /// One watch and cache per kind, shared by every controller of this term.
+    pub informers: informer::Informers,
 }
 
 impl Context {
@@ -74,6 +77,7 @@ impl Context {
             opts,
             recorder,
             shutdown,
+            informers: informer::Informers::default(),
         })
     }
 }

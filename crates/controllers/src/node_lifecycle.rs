@@ -389,62 +389,50 @@ struct Controller {
 }
 
 pub async fn run(ctx: Arc<Context>) -> anyhow::Result<()> {
-    let client = ctx.client.clone();
     let shutdown = ctx.shutdown.clone();
     let (tx, mut rx) = mpsc::unbounded_channel::<Msg>();
 
     let nodes = {
         let tx = tx.clone();
-        kit::informer(
-            Api::<Node>::all(client.clone()),
-            watcher::Config::default(),
-            shutdown.clone(),
-            move |old, ev| {
-                let Some(node) = kit::object(ev) else { return };
-                let deleted = matches!(ev, watcher::Event::Delete(_));
-                let no_execute_changed = deleted
-                    || old
-                        .as_deref()
-                        .is_none_or(|o| no_execute_taints(o) != no_execute_taints(node));
-                let _ = tx.send(Msg::Node {
-                    name: node.metadata.name.clone().unwrap_or_default(),
-                    no_execute_changed,
-                });
-            },
-        )
+        kit::informer::<Node, _>(&ctx, watcher::Config::default(), move |old, ev| {
+            let Some(node) = kit::object(ev) else { return };
+            let deleted = matches!(ev, kit::Change::Delete(_));
+            let no_execute_changed = deleted
+                || old
+                    .as_deref()
+                    .is_none_or(|o| no_execute_taints(o) != no_execute_taints(node));
+            let _ = tx.send(Msg::Node {
+                name: node.metadata.name.clone().unwrap_or_default(),
+                no_execute_changed,
+            });
+        })
     };
-    let leases = kit::informer(
-        Api::<Lease>::namespaced(client.clone(), NODE_LEASE_NAMESPACE),
-        watcher::Config::default(),
-        shutdown.clone(),
+    let leases = kit::informer::<Lease, _>(
+        &ctx,
+        watcher::Config::default().fields(&format!("metadata.namespace={NODE_LEASE_NAMESPACE}")),
         |_, _| {},
     );
     let pods = {
         let tx = tx.clone();
-        kit::informer(
-            Api::<Pod>::all(client.clone()),
-            watcher::Config::default(),
-            shutdown.clone(),
-            move |old, ev| {
-                let Some(pod) = kit::object(ev) else { return };
-                if matches!(ev, watcher::Event::Delete(_)) {
-                    return;
-                }
-                let node = pod_node(pod);
-                let assigned = node.is_some() && old.as_deref().is_none_or(|o| pod_node(o) != node);
-                let tolerations = |p: &Pod| p.spec.as_ref().and_then(|s| s.tolerations.clone());
-                let taint_relevant = old
-                    .as_deref()
-                    .is_none_or(|o| pod_node(o) != node || tolerations(o) != tolerations(pod));
-                if assigned || taint_relevant {
-                    let _ = tx.send(Msg::Pod {
-                        key: pod_key(pod),
-                        assigned,
-                        taint_relevant,
-                    });
-                }
-            },
-        )
+        kit::informer::<Pod, _>(&ctx, watcher::Config::default(), move |old, ev| {
+            let Some(pod) = kit::object(ev) else { return };
+            if matches!(ev, kit::Change::Delete(_)) {
+                return;
+            }
+            let node = pod_node(pod);
+            let assigned = node.is_some() && old.as_deref().is_none_or(|o| pod_node(o) != node);
+            let tolerations = |p: &Pod| p.spec.as_ref().and_then(|s| s.tolerations.clone());
+            let taint_relevant = old
+                .as_deref()
+                .is_none_or(|o| pod_node(o) != node || tolerations(o) != tolerations(pod));
+            if assigned || taint_relevant {
+                let _ = tx.send(Msg::Pod {
+                    key: pod_key(pod),
+                    assigned,
+                    taint_relevant,
+                });
+            }
+        })
     };
     drop(tx);
     if !kit::wait_synced(&[&nodes], &shutdown).await

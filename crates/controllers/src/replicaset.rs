@@ -502,12 +502,11 @@ where
     });
     let mapper_ctx = ctx.clone();
     let shutdown = base.shutdown.clone();
+    let pods = base
+        .informers
+        .get::<Pod>(&client, watcher::Config::default(), &base.shutdown);
     controller
-        .watches(
-            Api::<Pod>::all(client),
-            watcher::Config::default().any_semantic(),
-            move |pod| mapper_ctx.owners_of(&pod),
-        )
+        .watches_shared_stream(pods.objects(), move |pod| mapper_ctx.owners_of(&pod))
         .graceful_shutdown_on(async move { shutdown.cancelled().await })
         .run(reconcile::<W>, error_policy::<W>, ctx)
         .for_each(|res| async move {

@@ -41,38 +41,27 @@ fn missing(namespace: &str, has: impl Fn(&str) -> bool) -> Vec<ServiceAccount> {
 }
 
 pub async fn run(ctx: Arc<Context>) -> anyhow::Result<()> {
-    let client = ctx.client.clone();
     let shutdown = ctx.shutdown.clone();
     let (queue, rx) = kit::queue();
 
     let namespaces = {
         let queue = queue.clone();
-        kit::informer(
-            Api::<Namespace>::all(client.clone()),
-            watcher::Config::default(),
-            shutdown.clone(),
-            move |_, ev| match ev {
-                watcher::Event::Apply(ns) | watcher::Event::InitApply(ns) => {
-                    queue.add(ns.metadata.name.clone().unwrap_or_default());
-                }
-                _ => {}
-            },
-        )
+        kit::informer::<Namespace, _>(&ctx, watcher::Config::default(), move |_, ev| match ev {
+            kit::Change::Apply { new: ns, .. } | kit::Change::InitApply(ns) => {
+                queue.add(ns.metadata.name.clone().unwrap_or_default());
+            }
+            _ => {}
+        })
     };
     let accounts = {
         let queue = queue.clone();
-        kit::informer(
-            Api::<ServiceAccount>::all(client.clone()),
-            watcher::Config::default(),
-            shutdown.clone(),
-            move |_, ev| {
-                if let watcher::Event::Delete(sa) = ev
-                    && SERVICE_ACCOUNTS.contains(&sa.metadata.name.as_deref().unwrap_or_default())
-                {
-                    queue.add(sa.metadata.namespace.clone().unwrap_or_default());
-                }
-            },
-        )
+        kit::informer::<ServiceAccount, _>(&ctx, watcher::Config::default(), move |_, ev| {
+            if let kit::Change::Delete(sa) = ev
+                && SERVICE_ACCOUNTS.contains(&sa.metadata.name.as_deref().unwrap_or_default())
+            {
+                queue.add(sa.metadata.namespace.clone().unwrap_or_default());
+            }
+        })
     };
     if !kit::wait_synced(&[&namespaces], &shutdown).await
         || !kit::wait_synced(&[&accounts], &shutdown).await

@@ -37,7 +37,11 @@ pub async fn run(ctx: Arc<crate::Context>) -> anyhow::Result<()> {
         Api::<StatefulSet>::all(client.clone()),
         watcher::Config::default(),
     )
-    .owns(Api::<Pod>::all(client.clone()), watcher::Config::default())
+    .owns_shared_stream(
+        ctx.informers
+            .get::<Pod>(&client, watcher::Config::default(), &ctx.shutdown)
+            .objects(),
+    )
     .owns(
         Api::<ControllerRevision>::all(client),
         watcher::Config::default(),
