@@ -396,7 +396,7 @@ struct Gc {
     queue: Arc<WorkQueue<Work>>,
     monitors: Mutex<HashMap<(String, String), Monitor>>,
     absent: Mutex<HashSet<String>>,
-    recorder: kube::runtime::events::Recorder,
+    recorder: crate::events::Recorder,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -14,6 +14,7 @@ pub mod deployment;
 pub mod disruption;
 pub mod endpoints;
 pub mod endpointslice;
+pub mod events;
 pub mod gc;
 pub mod hpa;
 pub mod informer;
@@ -58,7 +59,7 @@ impl Default for Options {
 pub struct Context {
     pub client: kube::Client,
     pub opts: Options,
-    pub recorder: kube::runtime::events::Recorder,
+    pub recorder: events::Recorder,
     /// Cancelled when leadership is lost or the process stops.
     pub shutdown: CancellationToken,
     /// One watch and cache per kind, shared by every controller of this term.
@@ -71,7 +72,7 @@ impl Context {
             controller: "kube-controller-manager".into(),
             instance: Some(opts.identity.clone()),
         };
-        let recorder = kube::runtime::events::Recorder::new(client.clone(), reporter);
+        let recorder = events::Recorder::new(client.clone(), reporter);
         Arc::new(Context {
             client,
             opts,
