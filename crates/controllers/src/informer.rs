@@ -101,7 +101,12 @@ where
         }));
         let (cache, shared) = (store.clone(), subs.clone());
         tokio::spawn(async move {
-            let mut events = watcher(api, wc).default_backoff().boxed();
+            // Like client-go's informers with a transform, the cache drops managedFields:
+            // no controller reads them, and as nested maps they were half of a cached pod.
+            let mut events = watcher(api, wc)
+                .default_backoff()
+                .modify(|o| o.meta_mut().managed_fields = None)
+                .boxed();
             let mut before_relist: Option<Vec<Arc<K>>> = None;
             loop {
                 let next = tokio::select! {

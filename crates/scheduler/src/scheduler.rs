@@ -206,7 +206,10 @@ where
     tracker.spawn(async move {
         let mut synced = Some(tx);
         let mut listing: HashSet<String> = HashSet::new();
-        let stream = watcher(api, watcher::Config::default().page_size(1000)).default_backoff();
+        // The cache never reads managedFields; dropping them halves a cached pod.
+        let stream = watcher(api, watcher::Config::default().page_size(1000))
+            .default_backoff()
+            .modify(|o| o.meta_mut().managed_fields = None);
         futures::pin_mut!(stream);
         loop {
             let ev = tokio::select! {

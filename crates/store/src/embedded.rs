@@ -50,6 +50,9 @@ pub struct Options {
     pub segment_bytes: u64,
     /// How many events to retain for watches and lists at older revisions.
     pub history: usize,
+    /// The most bytes of object values the retained events may hold (the oldest go first);
+    /// with large objects this, not `history`, bounds the memory.
+    pub history_bytes: usize,
 }
 
 impl Default for Options {
@@ -58,6 +61,7 @@ impl Default for Options {
             fsync: true,
             segment_bytes: 64 << 20,
             history: 100_000,
+            history_bytes: 64 << 20,
         }
     }
 }
@@ -101,7 +105,7 @@ impl EmbeddedStore {
             Err(TryLockError::WouldBlock) => return Err(Error::Locked(dir.display().to_string())),
             Err(TryLockError::Error(e)) => return Err(e.into()),
         }
-        let recovered = format::recover(dir, opts.history)?;
+        let recovered = format::recover(dir, opts.history, opts.history_bytes)?;
         let (file, segment_len) = match recovered.segment {
             Some((path, len)) => (OpenOptions::new().append(true).open(path)?, len),
             None => {

@@ -136,6 +136,7 @@ async fn history_is_bounded_and_survives_reopen() {
     let opts = Options {
         fsync: false,
         history: 100,
+        history_bytes: usize::MAX,
         segment_bytes: 4096,
     };
     let mut rng = Rng::new(99);

@@ -192,6 +192,7 @@ async fn rotation_and_snapshots_reopen_to_the_same_state() {
         fsync: true,
         segment_bytes: 8 << 10,
         history: 1000,
+        history_bytes: usize::MAX,
     };
     let mut rng = Rng::new(3);
     let mut model = Model::new();

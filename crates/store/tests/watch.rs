@@ -263,3 +263,32 @@ async fn watch_history_survives_reopen() {
     s.create("/new", obj(0)).await.unwrap();
     assert_eq!(next(&mut w).await.kv.mod_revision, end + 1);
 }
+
+#[tokio::test]
+async fn history_bounded_by_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = EmbeddedStore::open(
+        dir.path(),
+        Options {
+            history_bytes: 10_000,
+            ..fast()
+        },
+    )
+    .unwrap();
+    let sized = |n: usize| serde_json::json!({"metadata": {"name": "x"}, "data": "x".repeat(n)});
+    for i in 0..30 {
+        let kv = s.create(&format!("/k{i}"), sized(950)).await.unwrap();
+        assert!((1000..1050).contains(&kv.value.len()));
+    }
+    // Nine of these ~1,000-byte values fit the budget.
+    assert_eq!(s.oldest_revision(), 22);
+    assert!(matches!(s.watch("", 20), Err(Error::Compacted { .. })));
+    let mut w = s.watch("", 21).unwrap();
+    assert_eq!(next(&mut w).await.kv.mod_revision, 22);
+    // An update holds its new and its previous value.
+    s.update("/k29", sized(950), Some(30)).await.unwrap();
+    assert_eq!(s.oldest_revision(), 24);
+    // A single event larger than the budget is still retained, so watchers can resume.
+    s.create("/huge", sized(20_000)).await.unwrap();
+    assert_eq!(s.oldest_revision(), 32);
+}

@@ -168,7 +168,9 @@ pub(crate) async fn run(ctx: Arc<Ctx>) {
     };
     // Only bound pods matter; the field selector keeps pending pods off the wire.
     let cfg = watcher::Config::default().fields("spec.nodeName!=");
-    let stream = watcher(Api::<Pod>::all(ctx.client.clone()), cfg).default_backoff();
+    let stream = watcher(Api::<Pod>::all(ctx.client.clone()), cfg)
+        .default_backoff()
+        .modify(|p| p.metadata.managed_fields = None);
     let mut stream = std::pin::pin!(stream);
     let mut last_error: Option<std::time::Instant> = None;
     loop {

@@ -46,6 +46,10 @@ pub struct BenchArgs {
     /// Smaller runs, for CI smoke use.
     #[arg(long)]
     quick: bool,
+    /// An extra flag for the scheduler benchmark's server (repeatable), e.g.
+    /// `--server-arg=--disable-controller-manager` to see what the controllers cost.
+    #[arg(long = "server-arg", allow_hyphen_values = true)]
+    server_args: Vec<String>,
 }
 
 struct Figure {
@@ -136,7 +140,17 @@ async fn start_server(args: &[&str]) -> Result<(ServerProcess, Duration)> {
         .port();
     let exe = std::env::current_exe()?;
     let started = Instant::now();
-    let child = std::process::Command::new(exe)
+    // A profiler can wrap the server: SKIFF_BENCH_SERVER_WRAPPER="heaptrack -o /tmp/h".
+    let mut cmd = match std::env::var("SKIFF_BENCH_SERVER_WRAPPER") {
+        Ok(w) if !w.trim().is_empty() => {
+            let mut words = w.split_whitespace();
+            let mut c = std::process::Command::new(words.next().unwrap_or_default());
+            c.args(words).arg(&exe);
+            c
+        }
+        _ => std::process::Command::new(&exe),
+    };
+    let child = cmd
         .args(["server"])
         .args(args)
         .args([

@@ -31,11 +31,14 @@ impl Drop for Killed {
 
 #[derive(Deserialize)]
 struct WatchLine {
+    #[serde(rename = "type")]
+    type_: String,
     object: WatchPod,
 }
 
 #[derive(Deserialize)]
 struct WatchPod {
+    #[serde(default)]
     metadata: Meta,
     #[serde(default)]
     spec: Spec,
@@ -43,10 +46,12 @@ struct WatchPod {
     status: Status,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 struct Meta {
     #[serde(default)]
     name: String,
+    #[serde(default, rename = "resourceVersion")]
+    resource_version: String,
 }
 
 #[derive(Deserialize, Default)]
@@ -212,39 +217,48 @@ async fn current_revision(c: &Client) -> Result<u64> {
         .parse()?)
 }
 
-/// Follows pod events in the benchmark namespace from `rv` into `tl`.
-async fn follow(c: Client, rv: String, tl: Arc<Timeline>) -> Result<()> {
-    let resp = c
-        .send(
-            Method::GET,
-            &format!(
-                "/api/v1/namespaces/{NS}/pods?watch=true&resourceVersion={rv}&timeoutSeconds=3600"
-            ),
-            None,
-            "application/json",
-        )
-        .await?;
-    if resp.status() != StatusCode::OK {
-        bail!("watch pods: {}", resp.status());
-    }
-    let mut body = resp.into_body();
-    let mut buf: Vec<u8> = Vec::new();
-    while let Some(frame) = body.frame().await {
-        let Ok(data) = frame?.into_data() else {
-            continue;
-        };
-        buf.extend_from_slice(&data);
-        let mut used = 0;
-        while let Some(nl) = buf[used..].iter().position(|b| *b == b'\n') {
-            let line = &buf[used..used + nl];
-            used += nl + 1;
-            if let Ok(ev) = serde_json::from_slice::<WatchLine>(line) {
-                tl.observe(&ev.object);
-            }
+/// Follows pod events in the benchmark namespace from `rv` into `tl`. The server ends a watch
+/// that falls too far behind (as upstream does); it is resumed from the last event seen.
+async fn follow(c: Client, mut rv: String, tl: Arc<Timeline>) -> Result<()> {
+    loop {
+        let resp = c
+            .send(
+                Method::GET,
+                &format!("/api/v1/namespaces/{NS}/pods?watch=true&resourceVersion={rv}&timeoutSeconds=3600"),
+                None,
+                "application/json",
+            )
+            .await?;
+        if resp.status() != StatusCode::OK {
+            bail!("watch pods: {}", resp.status());
         }
-        buf.drain(..used);
+        let mut body = resp.into_body();
+        let mut buf: Vec<u8> = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let Ok(data) = frame?.into_data() else {
+                continue;
+            };
+            buf.extend_from_slice(&data);
+            let mut used = 0;
+            while let Some(nl) = buf[used..].iter().position(|b| *b == b'\n') {
+                let line = &buf[used..used + nl];
+                used += nl + 1;
+                match serde_json::from_slice::<WatchLine>(line) {
+                    Ok(ev) if ev.type_ == "ERROR" => {
+                        bail!("the pod watch failed: {}", String::from_utf8_lossy(line))
+                    }
+                    Ok(ev) => {
+                        tl.observe(&ev.object);
+                        if !ev.object.metadata.resource_version.is_empty() {
+                            rv = ev.object.metadata.resource_version;
+                        }
+                    }
+                    Err(_) => {}
+                }
+            }
+            buf.drain(..used);
+        }
     }
-    bail!("the pod watch ended")
 }
 
 async fn create_pods(
@@ -290,7 +304,8 @@ pub async fn bench(args: &BenchArgs) -> Result<Vec<Figure>> {
             target,
         })
     };
-    let (server, _) = start_server(&[]).await?;
+    let extra: Vec<&str> = args.server_args.iter().map(String::as_str).collect();
+    let (server, _) = start_server(&extra).await?;
     let token = std::fs::read_to_string(server.dir.path().join("server/token"))?;
     let started = Instant::now();
     let agent = Killed(

@@ -296,9 +296,9 @@ pub(crate) struct Recovered {
 }
 
 /// Rebuilds the state (and the event history since the snapshot) from `dir`.
-pub(crate) fn recover(dir: &Path, history: usize) -> Result<Recovered> {
+pub(crate) fn recover(dir: &Path, history: usize, history_bytes: usize) -> Result<Recovered> {
     let listing = list_dir(dir)?;
-    let mut state = State::new(history);
+    let mut state = State::new(history, history_bytes);
     for (rev, path) in listing.snapshots.iter().rev() {
         match load_snapshot(path, *rev) {
             Ok(kvs) => {

@@ -17,6 +17,11 @@ pub(crate) struct Change {
 }
 
 impl Change {
+    /// The value bytes this change keeps alive (counted even when shared with the live state).
+    fn bytes(&self) -> usize {
+        self.event.kv.value.len() + self.event.prev.as_ref().map_or(0, |p| p.len())
+    }
+
     /// The key's value just before this change.
     fn before(&self) -> Option<KeyValue> {
         let kv = &self.event.kv;
@@ -36,17 +41,22 @@ pub(crate) struct State {
     pub compacted: Revision,
     history: VecDeque<Change>,
     history_cap: usize,
+    /// Value bytes the history holds, and the most it may.
+    history_bytes: usize,
+    history_bytes_cap: usize,
     pub watchers: Watchers,
 }
 
 impl State {
-    pub fn new(history_cap: usize) -> Self {
+    pub fn new(history_cap: usize, history_bytes_cap: usize) -> Self {
         State {
             kvs: BTreeMap::new(),
             revision: 0,
             compacted: 0,
             history: VecDeque::new(),
             history_cap,
+            history_bytes: 0,
+            history_bytes_cap,
             watchers: Watchers::default(),
         }
     }
@@ -61,9 +71,15 @@ impl State {
         }
         self.revision = kv.mod_revision;
         self.watchers.publish(&change.event);
+        self.history_bytes += change.bytes();
         self.history.push_back(change);
-        while self.history.len() > self.history_cap {
+        // Keep the newest event whatever its size: watchers resume from it.
+        while self.history.len() > 1
+            && (self.history.len() > self.history_cap
+                || self.history_bytes > self.history_bytes_cap)
+        {
             if let Some(old) = self.history.pop_front() {
+                self.history_bytes -= old.bytes();
                 self.compacted = old.event.kv.mod_revision;
             }
         }
@@ -82,7 +98,9 @@ impl State {
         let drop = self
             .history
             .partition_point(|c| c.event.kv.mod_revision <= revision);
-        self.history.drain(..drop);
+        for old in self.history.drain(..drop) {
+            self.history_bytes -= old.bytes();
+        }
         self.compacted = revision;
         Ok(())
     }
