@@ -255,7 +255,13 @@ fn on_pod(shared: &Shared, seen: Seen<Pod>) {
     let mut wake = false;
     match seen {
         Seen::Apply(pod) => {
-            let info = Arc::new(PodInfo::parse(pod, &st.cache.priority_classes));
+            let mut parsed = PodInfo::parse(pod, &st.cache.priority_classes);
+            if parsed.node_name.is_some() {
+                // Assigned pods live in the cache as their parsed constraints only; the object
+                // itself is read just for pods still queued.
+                parsed.pod = empty_pod();
+            }
+            let info = Arc::new(parsed);
             let key = info.key.clone();
             if info.node_name.is_some() {
                 st.queue.delete(&key);
@@ -307,6 +313,12 @@ fn on_pod(shared: &Shared, seen: Seen<Pod>) {
     if wake {
         shared.wake.notify_one();
     }
+}
+
+/// One shared empty object stands in for the pods the cache does not need whole.
+fn empty_pod() -> Arc<Pod> {
+    static EMPTY: std::sync::LazyLock<Arc<Pod>> = std::sync::LazyLock::new(Arc::default);
+    EMPTY.clone()
 }
 
 fn on_node(shared: &Shared, seen: Seen<Node>) {
