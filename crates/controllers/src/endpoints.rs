@@ -56,7 +56,7 @@ pub(crate) mod kit {
     use tokio::sync::mpsc;
     use tokio_util::sync::CancellationToken;
 
-    pub(crate) use crate::informer::Change;
+    pub(crate) use control::informer::Change;
 
     /// The controller manager's shared cache of `K` (cluster-wide, with `wc`'s selectors),
     /// calling `on_event(old, change)` for each change after the cache has it (`old` is the

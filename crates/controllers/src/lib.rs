@@ -17,9 +17,7 @@ pub mod endpointslice;
 pub mod events;
 pub mod gc;
 pub mod hpa;
-pub mod informer;
 pub mod job;
-pub mod leader;
 pub mod namespace;
 pub mod node_lifecycle;
 pub mod quota;
@@ -63,7 +61,7 @@ pub struct Context {
     /// Cancelled when leadership is lost or the process stops.
     pub shutdown: CancellationToken,
     /// One watch and cache per kind, shared by every controller of this term.
-    pub informers: informer::Informers,
+    pub informers: control::informer::Informers,
 }
 
 impl Context {
@@ -78,7 +76,7 @@ impl Context {
             opts,
             recorder,
             shutdown,
-            informers: informer::Informers::default(),
+            informers: control::informer::Informers::default(),
         })
     }
 }
@@ -113,14 +111,14 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     loop {
-        let lease = leader::acquire(
+        let lease = control::leader::acquire(
             &client,
             "kube-system",
             "kube-controller-manager",
             &opts.identity,
             &shutdown,
         )
-        .await?;
+        .await;
         let Some(lease) = lease else { return Ok(()) };
         let term = lease.lost.clone();
         let ctx = Context::new(client.clone(), opts.clone(), term.clone());
@@ -137,7 +135,7 @@ pub async fn run(
             _ = shutdown.cancelled() => {
                 term.cancel();
                 while tasks.join_next().await.is_some() {}
-                lease.release(&client).await;
+                lease.release().await;
                 return Ok(());
             }
             _ = term.cancelled() => {

@@ -4,7 +4,6 @@
 mod cache;
 pub mod config;
 mod framework;
-mod leader;
 mod preemption;
 mod queue;
 mod scheduler;
@@ -33,7 +32,8 @@ pub async fn run(
     let identity = format!("{}_{:016x}", scheduler::hostname(), rand::random::<u64>());
     loop {
         let Some(lead) =
-            leader::acquire(&client, LEASE_NAMESPACE, LEASE_NAME, &identity, &shutdown).await
+            control::leader::acquire(&client, LEASE_NAMESPACE, LEASE_NAME, &identity, &shutdown)
+                .await
         else {
             return Ok(());
         };
@@ -49,7 +49,7 @@ pub async fn run(
         }
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(leader::RETRY_PERIOD) => {}
+            _ = tokio::time::sleep(control::leader::RETRY_PERIOD) => {}
         }
     }
 }

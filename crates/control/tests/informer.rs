@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use controllers::informer::{Change, Informers};
+use control::informer::{Change, Informers};
 use futures::{Stream, StreamExt as _};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::ResourceExt as _;

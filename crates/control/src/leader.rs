@@ -1,5 +1,5 @@
-//! Leader election on the kube-system/kube-scheduler Lease, client-go style: take the Lease
-//! when free or expired, renew it every 2s, and stop leading when renewals keep failing.
+//! Leader election on a coordination.k8s.io Lease, client-go style: take the Lease when free
+//! or expired, renew it every 2s, and stop leading when renewals keep failing.
 
 use std::time::Duration;
 
