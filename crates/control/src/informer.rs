@@ -6,7 +6,7 @@
 //! Subscribers get the changes in order, each on its own bounded channel: a slow subscriber
 //! holds the informer back (backpressure) rather than missing changes. A new subscriber first
 //! gets the cache as it stands (`Init`, `InitApply` for each object, `InitDone`), consistent
-//! with the changes that follow.
+//! with the changes that follow; one joining during a (re)list gets it when the list is done.
 
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
@@ -67,7 +67,19 @@ const SUBSCRIBER_BUFFER: usize = 4096;
 
 struct Subscribers<K> {
     senders: Vec<mpsc::Sender<Change<K>>>,
+    /// Joined during a (re)list: they get the whole cache once it is complete.
+    pending: Vec<mpsc::Sender<Change<K>>>,
+    /// Between `Init` and `InitDone`.
+    listing: bool,
     synced: bool,
+}
+
+/// The cache as a relist: `Init`, each object, `InitDone`.
+fn replay<K>(objects: Vec<Arc<K>>) -> Vec<Change<K>> {
+    std::iter::once(Change::Init)
+        .chain(objects.into_iter().map(Change::InitApply))
+        .chain(std::iter::once(Change::InitDone))
+        .collect()
 }
 
 /// One kind's watch, cache and subscribers.
@@ -97,6 +109,8 @@ where
         let (store, mut writer) = reflector::store::<K>();
         let subs = Arc::new(Mutex::new(Subscribers {
             senders: Vec::new(),
+            pending: Vec::new(),
+            listing: false,
             synced: false,
         }));
         let (cache, shared) = (store.clone(), subs.clone());
@@ -123,13 +137,15 @@ where
                 };
                 // Apply to the cache and pick the receivers under the lock, so a subscriber
                 // joining now sees each change either in its snapshot or on its channel.
-                let (changes, senders) = {
+                let (changes, senders, joined) = {
                     let mut subs = lock(&shared);
                     let mut changes = Vec::with_capacity(1);
+                    let mut joined = Vec::new();
                     match &event {
                         watcher::Event::Init => {
                             before_relist = Some(cache.state());
                             changes.push(Change::Init);
+                            subs.listing = true;
                         }
                         watcher::Event::InitApply(o) => {
                             changes.push(Change::InitApply(Arc::new(o.clone())));
@@ -153,14 +169,25 @@ where
                             }
                         }
                         changes.push(Change::InitDone);
+                        subs.listing = false;
                         subs.synced = true;
+                        joined = std::mem::take(&mut subs.pending);
                     }
                     subs.senders.retain(|s| !s.is_closed());
-                    (changes, subs.senders.clone())
+                    let senders = subs.senders.clone();
+                    subs.senders.extend(joined.iter().cloned());
+                    (changes, senders, joined)
                 };
                 for change in changes {
                     for s in &senders {
                         let _ = s.send(change.clone()).await;
+                    }
+                }
+                if !joined.is_empty() {
+                    for change in replay(cache.state()) {
+                        for s in &joined {
+                            let _ = s.send(change.clone()).await;
+                        }
                     }
                 }
             }
@@ -184,16 +211,17 @@ where
         let (tx, rx) = mpsc::channel(SUBSCRIBER_BUFFER);
         let snapshot = {
             let mut subs = lock(&self.subs);
-            subs.senders.push(tx);
-            subs.synced.then(|| self.store.state())
+            if subs.listing {
+                // Mid-list: the rest of this list would be partial; the informer sends the
+                // whole cache when the list is done.
+                subs.pending.push(tx);
+                None
+            } else {
+                subs.senders.push(tx);
+                subs.synced.then(|| self.store.state())
+            }
         };
-        let replay: Vec<Change<K>> = match snapshot {
-            Some(objs) => std::iter::once(Change::Init)
-                .chain(objs.into_iter().map(Change::InitApply))
-                .chain(std::iter::once(Change::InitDone))
-                .collect(),
-            None => Vec::new(),
-        };
+        let replay = snapshot.map(replay).unwrap_or_default();
         futures::stream::iter(replay).chain(futures::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|c| (c, rx))
         }))
