@@ -1,0 +1,1 @@
+//! Containers: OCI spec with secure defaults, the shim process, lifecycle, exec, logs.

@@ -1,0 +1,1 @@
+//! OCI images: import, pull, content store, unpacked layers, garbage collection.
