@@ -133,6 +133,11 @@ fn default_data_dir() -> PathBuf {
 }
 
 fn main() -> ExitCode {
+    // `skiff shim …` (hidden, started by the agent per container) must stay single-threaded:
+    // youki forks with a raw clone3. Dispatch it before clap, logging or any runtime start.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "shim") {
+        return runtime::container::shim_main(std::env::args_os().skip(2).collect());
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
