@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 mod bench;
 mod control_plane;
+mod image_cmd;
 
 #[derive(Parser)]
 #[command(
@@ -37,6 +38,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Join a cluster as a node agent (today: simulated nodes only).
     Agent(AgentArgs),
+    /// Manage the node's OCI images: import, ls, rm, pull.
+    Image(image_cmd::ImageArgs),
 }
 
 #[derive(Parser, Clone)]
@@ -171,6 +174,7 @@ fn main() -> ExitCode {
         Command::Kubectl { args } => run_kubectl(args),
         Command::Bench(args) => bench::run(args),
         Command::Agent(args) => run_agent(args),
+        Command::Image(args) => image_cmd::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
