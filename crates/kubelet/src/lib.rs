@@ -3,6 +3,7 @@
 
 pub mod join;
 pub mod quantity;
+pub mod server;
 pub mod simulated;
 
 pub use join::{JoinError, JoinToken, Joined, join};
