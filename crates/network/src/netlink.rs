@@ -1,0 +1,334 @@
+//! An rtnetlink connection bound to one network namespace, and the few link, address and route
+//! operations the pod network needs.
+//!
+//! A netlink socket acts on the namespace it was created in, so a connection to another
+//! namespace is made by creating the socket on a thread inside it (`netns::run_in_async`) and
+//! driving it from the caller's runtime.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::path::{Path, PathBuf};
+
+use futures::TryStreamExt;
+use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::link::{
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
+use rtnetlink::{LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use tokio::task::JoinHandle;
+
+use crate::netns;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("opening a netlink socket in {}: {source}", where_(.netns))]
+    Socket {
+        netns: Option<PathBuf>,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Netns(#[from] netns::Error),
+    #[error("{what} in {}: {source}", where_(.netns))]
+    Request {
+        what: String,
+        netns: Option<PathBuf>,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn where_(netns: &Option<PathBuf>) -> String {
+    match netns {
+        Some(path) => format!("network namespace {}", path.display()),
+        None => "the agent's network namespace".to_owned(),
+    }
+}
+
+/// The errno of a netlink error reply, or an `other` error for a malformed exchange.
+fn to_io(e: rtnetlink::Error) -> io::Error {
+    match e {
+        rtnetlink::Error::NetlinkError(msg) => msg.to_io(),
+        other => io::Error::other(other.to_string()),
+    }
+}
+
+/// What the pod network reads about a link.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub kind: Option<InfoKind>,
+    pub master: Option<u32>,
+    pub mtu: Option<u32>,
+    pub up: bool,
+}
+
+impl Link {
+    fn from_message(msg: LinkMessage) -> Link {
+        let mut link = Link {
+            index: msg.header.index,
+            name: String::new(),
+            kind: None,
+            master: None,
+            mtu: None,
+            up: msg.header.flags.contains(LinkFlags::Up),
+        };
+        for attr in msg.attributes {
+            match attr {
+                LinkAttribute::IfName(name) => link.name = name,
+                LinkAttribute::Controller(index) => link.master = Some(index),
+                LinkAttribute::Mtu(mtu) => link.mtu = Some(mtu),
+                LinkAttribute::LinkInfo(infos) => {
+                    for info in infos {
+                        if let LinkInfo::Kind(kind) = info {
+                            link.kind = Some(kind);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        link
+    }
+}
+
+/// Changes to make to a link; `None` leaves a setting as it is.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LinkChange {
+    pub mtu: Option<u32>,
+    pub master: Option<u32>,
+    pub up: bool,
+}
+
+pub struct Netlink {
+    handle: rtnetlink::Handle,
+    netns: Option<PathBuf>,
+    connection: JoinHandle<()>,
+}
+
+impl Drop for Netlink {
+    fn drop(&mut self) {
+        self.connection.abort();
+    }
+}
+
+impl Netlink {
+    /// Connects to the namespace at `netns`, or to the caller's own with `None`. Must be called
+    /// from inside a tokio runtime, which then drives the connection.
+    pub async fn open(netns: Option<&Path>) -> Result<Netlink> {
+        let socket_err = |source| Error::Socket {
+            netns: netns.map(Path::to_owned),
+            source,
+        };
+        let (connection, handle, _) = match netns {
+            None => rtnetlink::new_connection().map_err(socket_err)?,
+            Some(path) => {
+                let runtime = tokio::runtime::Handle::current();
+                netns::run_in_async(path, move || {
+                    // Registers the socket with the caller's runtime, from this thread.
+                    let _entered = runtime.enter();
+                    rtnetlink::new_connection()
+                })
+                .await?
+                .map_err(socket_err)?
+            }
+        };
+        Ok(Netlink {
+            handle,
+            netns: netns.map(Path::to_owned),
+            connection: tokio::spawn(connection),
+        })
+    }
+
+    fn err(&self, what: impl Into<String>, e: rtnetlink::Error) -> Error {
+        Error::Request {
+            what: what.into(),
+            netns: self.netns.clone(),
+            source: to_io(e),
+        }
+    }
+
+    /// The link named `name`, if there is one.
+    pub async fn link(&self, name: &str) -> Result<Option<Link>> {
+        let mut links = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_owned())
+            .execute();
+        match links.try_next().await {
+            Ok(msg) => Ok(msg.map(Link::from_message)),
+            Err(e) if errno(&e) == Some(ENODEV) => Ok(None),
+            Err(e) => Err(self.err(format!("reading link {name}"), e)),
+        }
+    }
+
+    pub async fn links(&self) -> Result<Vec<Link>> {
+        let links = self.handle.link().get().execute();
+        let links: Vec<LinkMessage> = links
+            .try_collect()
+            .await
+            .map_err(|e| self.err("listing links", e))?;
+        Ok(links.into_iter().map(Link::from_message).collect())
+    }
+
+    pub async fn add_bridge(&self, name: &str, mtu: u32) -> Result<()> {
+        let msg = LinkBridge::new(name).mtu(mtu).build();
+        self.handle
+            .link()
+            .add(msg)
+            .execute()
+            .await
+            .map_err(|e| self.err(format!("creating bridge {name}"), e))
+    }
+
+    /// Creates a veth pair: `name` here, `peer` in the namespace open at `peer_netns`, both with
+    /// `mtu`.
+    pub async fn add_veth(
+        &self,
+        name: &str,
+        peer: &str,
+        mtu: u32,
+        peer_netns: BorrowedFd<'_>,
+    ) -> Result<()> {
+        let peer_msg = LinkMessageBuilder::<LinkUnspec>::new()
+            .name(peer)
+            .mtu(mtu)
+            .setns_by_fd(peer_netns.as_raw_fd())
+            .build();
+        let msg = LinkVeth::new(name, peer)
+            .mtu(mtu)
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
+            .build();
+        self.handle
+            .link()
+            .add(msg)
+            .execute()
+            .await
+            .map_err(|e| self.err(format!("creating veth pair {name}/{peer}"), e))
+    }
+
+    pub async fn set_link(&self, link: &Link, change: LinkChange) -> Result<()> {
+        let mut msg = LinkUnspec::new_with_index(link.index);
+        if let Some(mtu) = change.mtu {
+            msg = msg.mtu(mtu);
+        }
+        if let Some(master) = change.master {
+            msg = msg.controller(master);
+        }
+        if change.up {
+            msg = msg.up();
+        }
+        self.handle
+            .link()
+            .set(msg.build())
+            .execute()
+            .await
+            .map_err(|e| self.err(format!("configuring link {}", link.name), e))
+    }
+
+    /// Deletes a link (both ends, for a veth); one already gone is fine.
+    pub async fn delete_link(&self, link: &Link) -> Result<()> {
+        match self.handle.link().del(link.index).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if errno(&e) == Some(ENODEV) => Ok(()),
+            Err(e) => Err(self.err(format!("deleting link {}", link.name), e)),
+        }
+    }
+
+    /// The IPv4 addresses on a link, with their prefix lengths.
+    pub async fn ipv4_addresses(&self, link: &Link) -> Result<Vec<(Ipv4Addr, u8)>> {
+        let msgs = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(link.index)
+            .execute();
+        let msgs: Vec<_> = msgs
+            .try_collect()
+            .await
+            .map_err(|e| self.err(format!("listing addresses of {}", link.name), e))?;
+        let mut addrs = Vec::new();
+        for msg in msgs {
+            let local = msg.attributes.iter().find_map(|attr| match attr {
+                AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
+                _ => None,
+            });
+            if let Some(ip) = local {
+                addrs.push((ip, msg.header.prefix_len));
+            }
+        }
+        Ok(addrs)
+    }
+
+    /// Adds an address, or leaves it if it is there already.
+    pub async fn add_address(&self, link: &Link, ip: Ipv4Addr, prefix_len: u8) -> Result<()> {
+        self.handle
+            .address()
+            .add(link.index, IpAddr::V4(ip), prefix_len)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| {
+                self.err(
+                    format!("adding address {ip}/{prefix_len} to {}", link.name),
+                    e,
+                )
+            })
+    }
+
+    pub async fn delete_address(&self, link: &Link, ip: Ipv4Addr, prefix_len: u8) -> Result<()> {
+        let msgs = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(link.index)
+            .set_address_filter(IpAddr::V4(ip))
+            .set_prefix_length_filter(prefix_len)
+            .execute();
+        let msgs: Vec<_> = msgs
+            .try_collect()
+            .await
+            .map_err(|e| self.err(format!("finding address {ip} on {}", link.name), e))?;
+        for msg in msgs {
+            match self.handle.address().del(msg).execute().await {
+                Ok(()) => {}
+                Err(e) if errno(&e) == Some(EADDRNOTAVAIL) => {}
+                Err(e) => {
+                    let what = format!("deleting address {ip}/{prefix_len} from {}", link.name);
+                    return Err(self.err(what, e));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets the default route to go via `gateway` on `link`, replacing any other.
+    pub async fn replace_default_route(&self, link: &Link, gateway: Ipv4Addr) -> Result<()> {
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .gateway(gateway)
+            .output_interface(link.index)
+            .build();
+        self.handle
+            .route()
+            .add(route)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| self.err(format!("setting the default route via {gateway}"), e))
+    }
+}
+
+fn errno(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(msg) => Some(msg.raw_code().abs()),
+        _ => None,
+    }
+}
+
+const ENODEV: i32 = nix::errno::Errno::ENODEV as i32;
+const EADDRNOTAVAIL: i32 = nix::errno::Errno::EADDRNOTAVAIL as i32;
