@@ -73,9 +73,18 @@
 //!   every running pod and container, each with the time it was read. The API server derives
 //!   CPU rates from two samples, so the counters must be monotonic for a given container.
 
+mod http;
+mod portforward;
+mod remotecommand;
+pub mod spdy;
+mod stats;
+mod tls;
+pub mod ws;
+
 use std::fmt;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -83,7 +92,12 @@ use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use tls::{KubeletTls, ServingCert, self_signed_serving_cert};
 
 /// How long the server keeps reading a session's stdout and stderr after its process exited.
 pub const OUTPUT_DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
@@ -285,4 +299,96 @@ pub struct NodeStats {
     pub node_name: String,
     pub node: Usage,
     pub pods: Vec<PodStats>,
+}
+
+/// Why the kubelet server could not start or keep serving.
+#[derive(Debug, Error)]
+pub enum ServerError {
+    #[error("kubelet server TLS: {0}")]
+    Tls(String),
+    #[error("kubelet server: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// How long open connections and sessions get to finish after `shutdown`.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Serves the kubelet API on `listener` (bound by the caller, who reports its port as
+/// `status.daemonEndpoints.kubeletEndpoint.Port`) until `shutdown` is cancelled; then stops
+/// accepting, ends open sessions and returns. Fails at once if the TLS material is unusable.
+pub async fn serve(
+    listener: TcpListener,
+    tls: KubeletTls,
+    streams: Arc<dyn PodStreams>,
+    shutdown: CancellationToken,
+) -> Result<(), ServerError> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls::server_config(&tls)?);
+    let connections = TaskTracker::new();
+    let sessions = TaskTracker::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!("kubelet server: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let (acceptor, streams, sessions, shutdown) = (
+            acceptor.clone(),
+            streams.clone(),
+            sessions.clone(),
+            shutdown.clone(),
+        );
+        connections.spawn(async move {
+            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
+                .await
+            {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, "kubelet server: TLS handshake failed: {e}");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let svc_shutdown = shutdown.clone();
+            let svc = hyper::service::service_fn(move |req| {
+                let (streams, sessions, shutdown) =
+                    (streams.clone(), sessions.clone(), svc_shutdown.clone());
+                async move {
+                    Ok::<_, std::convert::Infallible>(
+                        http::handle(req, streams, sessions, shutdown).await,
+                    )
+                }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                .with_upgrades();
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(%peer, "kubelet server: connection: {e}");
+                    }
+                }
+                _ = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(SHUTDOWN_GRACE, conn).await;
+                }
+            }
+        });
+    }
+    connections.close();
+    sessions.close();
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        connections.wait().await;
+        sessions.wait().await;
+    })
+    .await;
+    Ok(())
 }
