@@ -26,10 +26,11 @@
 //!
 //! # State and crashes
 //! Each sandbox has a record (`<state_dir>/sandboxes/<id>.json`: address, host veth, namespace
-//! file), written atomically and synced *before* anything is built and deleted *after*
-//! everything is torn down. An address is allocated exactly while a record holds it; the
-//! allocator goes round-robin from the last address handed out (`<state_dir>/last-reserved`,
-//! a hint). An exclusive `flock` on `<state_dir>/lock` refuses a second process. On start,
+//! file), written atomically (not synced: see [`store`] for why) *before* anything is built
+//! and deleted *after* everything is torn down. An address is allocated exactly while a record
+//! holds it; the allocator goes round-robin from the last address handed out
+//! (`<state_dir>/last-reserved`, a hint). An exclusive `flock` on `<state_dir>/lock` refuses a
+//! second process. Operations on one id are serialized; different ids run concurrently. On start,
 //! [`PodNetwork::new`] completes recorded sandboxes whose namespace exists, removes those whose
 //! namespace is gone (freeing the address), and removes namespace files and bridge ports that
 //! no record names.

@@ -338,13 +338,16 @@ impl PodNetwork {
         let (record, fresh) = self.reserve(id)?;
         if fresh {
             let (store, saved) = (self.store.clone(), record.clone());
-            if let Err(e) = blocking(move || store.save(&saved)).await {
+            let written = blocking(move || {
+                store.save(&saved)?;
+                if let Err(e) = store.save_last_reserved(saved.ip) {
+                    warn!(error = %e, "could not save the round-robin position of pod addresses");
+                }
+                Ok::<_, store::Error>(())
+            });
+            if let Err(e) = written.await {
                 self.forget(&record);
                 return Err(e);
-            }
-            let (store, ip) = (self.store.clone(), record.ip);
-            if let Err(e) = blocking(move || store.save_last_reserved(ip)).await {
-                warn!(error = %e, "could not save the round-robin position of pod addresses");
             }
         }
         if let Err(e) = self.build(&record).await {
