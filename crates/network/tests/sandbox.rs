@@ -296,13 +296,14 @@ async fn concurrent_setups_and_teardowns_from_many_tasks() -> Result<()> {
 #[tokio::test]
 async fn restart_completes_half_built_sandboxes_and_frees_the_rest() -> Result<()> {
     let node = TestNode::new("restart");
-    // A /29: 5 pod addresses, so freed ones can be seen being handed out again.
+    // A /29: 5 pod addresses, all used, so freed ones can be seen being handed out again.
     let cfg = node.config("10.42.3.0/29");
     let net = PodNetwork::new(cfg.clone()).await?;
     let keep = net.setup("keep").await?;
     let gone = net.setup("gone").await?;
     let unrecorded = net.setup("unrecorded").await?;
     let half = net.setup("half").await?;
+    let torn = net.setup("torn").await?;
     drop(net); // the agent dies: nothing is torn down
 
     // A record whose namespace is gone (as after a reboot).
@@ -311,21 +312,28 @@ async fn restart_completes_half_built_sandboxes_and_frees_the_rest() -> Result<(
     std::fs::remove_file(node.dir.path().join("state/sandboxes/unrecorded.json"))?;
     // A sandbox half built: namespace and record, but no veth (a crash between the two).
     node.ip(&["link", "del", &half.host_veth]);
+    // A record that cannot be read back (edited by hand, or torn by a power loss).
+    std::fs::write(
+        node.dir.path().join("state/sandboxes/torn.json"),
+        b"{\"id\": \"to",
+    )?;
 
     let net = PodNetwork::new(cfg.clone()).await?;
     let ids: Vec<String> = net.sandboxes()?.into_iter().map(|s| s.id).collect();
     assert_eq!(ids, ["half", "keep"]);
     assert_eq!(net.sandboxes()?, [half.clone(), keep.clone()]);
     assert_eq!(node.links(), expected_links("skiff0", &[&half, &keep]));
-    ensure!(
-        !gone.netns.exists() && !unrecorded.netns.exists(),
-        "stale namespace files left"
-    );
     let mounts = node.mounts();
-    ensure!(
-        !mounts.contains(&gone.netns) && !mounts.contains(&unrecorded.netns),
-        "{mounts:?}"
-    );
+    for stale in [&gone, &unrecorded, &torn] {
+        ensure!(!stale.netns.exists(), "namespace file of {} left", stale.id);
+        ensure!(
+            !mounts.contains(&stale.netns),
+            "namespace of {} still mounted",
+            stale.id
+        );
+    }
+    let records = std::fs::read_dir(node.dir.path().join("state/sandboxes"))?.count();
+    assert_eq!(records, 2, "only the kept records remain");
     ping(&node.netns, half.ip).map_err(anyhow::Error::msg)?;
     ping(&half.netns, keep.ip).map_err(anyhow::Error::msg)?;
 
