@@ -34,6 +34,18 @@
 //! [`PodNetwork::new`] completes recorded sandboxes whose namespace exists, removes those whose
 //! namespace is gone (freeing the address), and removes namespace files and bridge ports that
 //! no record names.
+//!
+//! The tokio runtime that calls [`PodNetwork::new`] drives its netlink connection to the node's
+//! namespace: use the `PodNetwork` from that runtime. Tear a sandbox down after its containers
+//! are gone; a process still inside keeps the namespace alive, cut off from the bridge. Pod
+//! namespaces are mounted in a shared mount point so that containers whose mounts are `rslave`
+//! (runc's default) lose their copy when teardown unmounts the original.
+//!
+//! # Tests
+//! `cargo test -p network`, as root (needs `nsenter`, `ip` and `/bin/busybox`). Every test makes
+//! its own "node" namespace in a temporary directory and puts the bridge there, so nothing
+//! reaches the host's namespace; a drop guard unmounts everything even when a test fails. The
+//! latency table: `cargo test -p network --release --test latency -- --nocapture`.
 
 pub mod ipam;
 pub mod netlink;
