@@ -14,6 +14,7 @@ pub mod eviction;
 pub mod http;
 pub mod loopback;
 pub mod metrics;
+pub mod node_proxy;
 pub mod object;
 pub mod pki;
 pub mod project;

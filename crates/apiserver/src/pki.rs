@@ -21,6 +21,10 @@ pub struct Pki {
     pub serving_key_pem: String,
     pub admin_cert_pem: String,
     pub admin_key_pem: String,
+    /// What the API server presents to kubelets (CN `kube-apiserver-kubelet-client`, group
+    /// `system:masters`, as upstream names it).
+    pub kubelet_client_cert_pem: String,
+    pub kubelet_client_key_pem: String,
     /// The join token agents present as a bearer token.
     pub token: String,
 }
@@ -69,6 +73,21 @@ impl Pki {
                 }
             };
 
+        let (kubelet_client_cert_pem, kubelet_client_key_pem) =
+            match (read(&paths.kubelet_client_cert)?, read(&paths.kubelet_client_key)?) {
+                (Some(c), Some(k)) => (c, k),
+                _ => {
+                    let (c, k) = issue_client(
+                        &issuer,
+                        "kube-apiserver-kubelet-client",
+                        &["system:masters"],
+                    )?;
+                    write_secret(&paths.kubelet_client_key, &k)?;
+                    write_public(&paths.kubelet_client_cert, &c)?;
+                    (c, k)
+                }
+            };
+
         // The token names the CA by its hash so an agent can trust what `/cacerts` serves
         // (k3s's format). An existing token keeps its secret: an old plain-hex token becomes
         // the secret, and a token naming another CA (regenerated) is rewritten with this one.
@@ -90,6 +109,8 @@ impl Pki {
             serving_key_pem,
             admin_cert_pem,
             admin_key_pem,
+            kubelet_client_cert_pem,
+            kubelet_client_key_pem,
             token,
         })
     }
@@ -114,6 +135,8 @@ struct Paths {
     serving_key: PathBuf,
     admin_cert: PathBuf,
     admin_key: PathBuf,
+    kubelet_client_cert: PathBuf,
+    kubelet_client_key: PathBuf,
 }
 
 impl Paths {
@@ -125,6 +148,8 @@ impl Paths {
             serving_key: dir.join("serving.key"),
             admin_cert: dir.join("admin.crt"),
             admin_key: dir.join("admin.key"),
+            kubelet_client_cert: dir.join("kubelet-client.crt"),
+            kubelet_client_key: dir.join("kubelet-client.key"),
         }
     }
 }
@@ -339,6 +364,13 @@ mod tests {
         assert_eq!(a.ca_cert_pem, b.ca_cert_pem);
         assert_eq!(a.serving_cert_pem, b.serving_cert_pem);
         assert_eq!(a.token, b.token);
+        assert_eq!(a.kubelet_client_cert_pem, b.kubelet_client_cert_pem);
+        let (_, pem) =
+            x509_parser::pem::parse_x509_pem(a.kubelet_client_cert_pem.as_bytes()).unwrap();
+        let cert = pem.parse_x509().unwrap();
+        let subject = cert.subject().to_string();
+        assert!(subject.contains("CN=kube-apiserver-kubelet-client"), "{subject}");
+        assert!(subject.contains("O=system:masters"), "{subject}");
         assert_eq!(
             a.token,
             format!(

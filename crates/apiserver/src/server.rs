@@ -78,6 +78,8 @@ pub struct ApiServer {
     pub default_unreachable_toleration_seconds: i64,
     /// Where `metrics.k8s.io` numbers come from.
     pub metrics: Arc<dyn crate::metrics::MetricsSource>,
+    /// How the server reaches kubelets (logs, exec, attach, port-forward, stats).
+    pub kubelet: crate::node_proxy::KubeletClient,
 }
 
 /// Namespaces that always exist.
@@ -104,8 +106,10 @@ pub async fn start(cfg: Config) -> Result<Running> {
         .await?
         .context("opening the store")?;
     let shutdown = CancellationToken::new();
+    let store = store as Arc<dyn Store>;
+    let kubelet_metrics = Arc::new(crate::metrics::KubeletMetrics::new(store.clone()));
     let server = Arc::new(ApiServer {
-        store: store as Arc<dyn Store>,
+        store,
         resources: Resources::new(),
         authorizer: Box::new(auth::AllowAuthenticated),
         token: pki.token.clone(),
@@ -114,9 +118,14 @@ pub async fn start(cfg: Config) -> Result<Running> {
         shutdown: shutdown.clone(),
         default_toleration_seconds: cfg.default_toleration_seconds,
         default_unreachable_toleration_seconds: cfg.default_unreachable_toleration_seconds,
-        metrics: crate::metrics::default_source(),
+        metrics: kubelet_metrics.clone(),
+        kubelet: crate::node_proxy::KubeletClient::new(
+            &pki.kubelet_client_cert_pem,
+            &pki.kubelet_client_key_pem,
+        )?,
     });
     server.bootstrap().await?;
+    tokio::spawn(kubelet_metrics.run(Arc::downgrade(&server), shutdown.clone()));
 
     let listener = TcpListener::bind(cfg.bind)
         .await

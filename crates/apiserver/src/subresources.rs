@@ -1,5 +1,5 @@
 //! Subresources other than `status`: `scale` (as autoscaling/v1 Scale), pod `binding`,
-//! namespace `finalize`, and clear errors for the node-backed ones until a kubelet serves them.
+//! namespace `finalize`; the node-backed ones (`log`, `exec`, …) go to `node_proxy`.
 
 use http::Response;
 use serde_json::{Value, json};
@@ -189,15 +189,7 @@ pub async fn other(ctx: &Ctx<'_>, sub: &str, verb: &str) -> ApiResult<Response<B
         ("Pod", "eviction", "create") => crate::eviction::evict(ctx, &name).await,
         ("Namespace", "finalize", "update") => finalize(ctx, &name).await,
         ("Pod", "log" | "exec" | "attach" | "portforward" | "proxy", _) => {
-            let (pod, _) = rest::read(ctx, &name)?;
-            match pod["spec"]["nodeName"].as_str() {
-                None | Some("") => Err(ApiError::bad_request(format!(
-                    "pod {name} does not have a host assigned"
-                ))),
-                Some(node) => Err(ApiError::service_unavailable(format!(
-                    "no kubelet connection to node {node:?} yet"
-                ))),
-            }
+            crate::node_proxy::handle(ctx, sub, &name).await
         }
         _ => Err(ApiError::method_not_allowed(format!(
             "the {sub} subresource of {} is not served yet",

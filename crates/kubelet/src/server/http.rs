@@ -310,11 +310,13 @@ fn is_spdy(headers: &HeaderMap) -> bool {
 }
 
 /// A 101 answer for a WebSocket with `protocol` (empty: none).
-fn websocket_accept(headers: &HeaderMap, protocol: &str) -> Result<Response<Body>, Response<Body>> {
-    let key = headers
+fn websocket_accept(headers: &HeaderMap, protocol: &str) -> Response<Body> {
+    let Some(key) = headers
         .get(header::SEC_WEBSOCKET_KEY)
         .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| bad_request("missing Sec-WebSocket-Key"))?;
+    else {
+        return bad_request("missing Sec-WebSocket-Key");
+    };
     let mut r = Response::new(full(Bytes::new()));
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = r.headers_mut();
@@ -328,7 +330,7 @@ fn websocket_accept(headers: &HeaderMap, protocol: &str) -> Result<Response<Body
     {
         h.insert(header::SEC_WEBSOCKET_PROTOCOL, v);
     }
-    Ok(r)
+    r
 }
 
 /// A 101 answer for SPDY/3.1 speaking `protocol`.
@@ -436,10 +438,10 @@ async fn remote_command(
     let command = (verb == "exec").then_some(command);
     match transport {
         Transport::Ws(codec, protocol) => {
-            let resp = match websocket_accept(headers, &protocol) {
-                Ok(r) => r,
-                Err(r) => return r,
-            };
+            let resp = websocket_accept(headers, &protocol);
+            if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+                return resp;
+            }
             sessions.spawn(async move {
                 let io = match upgrade.await {
                     Ok(u) => TokioIo::new(u),
@@ -492,10 +494,10 @@ fn port_forward(
                 ws::SPDY_TUNNEL_PROTOCOL
             ));
         }
-        let resp = match websocket_accept(headers, ws::SPDY_TUNNEL_PROTOCOL) {
-            Ok(r) => r,
-            Err(r) => return r,
-        };
+        let resp = websocket_accept(headers, ws::SPDY_TUNNEL_PROTOCOL);
+        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            return resp;
+        }
         sessions.spawn(async move {
             let io = match upgrade.await {
                 Ok(u) => TokioIo::new(u),

@@ -107,10 +107,7 @@ impl ChannelCodec {
     /// empty or undecodable messages).
     pub fn decode(self, msg: Message) -> Option<(u8, Bytes)> {
         match msg {
-            Message::Binary(b) if !b.is_empty() && !self.base64 => {
-                let b = Bytes::from(b);
-                Some((b[0], b.slice(1..)))
-            }
+            Message::Binary(b) if !b.is_empty() && !self.base64 => Some((b[0], b.slice(1..))),
             Message::Text(t) if self.base64 && !t.is_empty() => {
                 let t = t.as_str();
                 let channel = t.as_bytes()[0].checked_sub(b'0')?;
@@ -120,10 +117,7 @@ impl ChannelCodec {
                 Some((channel, Bytes::from(data)))
             }
             // v5 close signals are binary even for base64 clients.
-            Message::Binary(b) if !b.is_empty() && b[0] == 255 => {
-                let b = Bytes::from(b);
-                Some((b[0], b.slice(1..)))
-            }
+            Message::Binary(b) if !b.is_empty() && b[0] == 255 => Some((b[0], b.slice(1..))),
             _ => None,
         }
     }
@@ -163,7 +157,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsIo<S> {
                 return Poll::Ready(Ok(()));
             }
             match ready!(Pin::new(&mut this.ws).poll_next(cx)) {
-                Some(Ok(Message::Binary(b))) => this.pending = Bytes::from(b),
+                Some(Ok(Message::Binary(b))) => this.pending = b,
                 Some(Ok(Message::Close(_))) | None => return Poll::Ready(Ok(())),
                 Some(Ok(_)) => {}
                 Some(Err(e)) => return Poll::Ready(Err(ws_err(e))),
