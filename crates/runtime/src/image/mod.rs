@@ -66,21 +66,21 @@ pub enum Error {
     Ambiguous(String),
     #[error("pulling {reference}: {reason}")]
     Pull { reference: String, reason: String },
-    #[error("{op} {path}: {source}")]
+    /// The cause is in the message (not chained), so `{e}` and `{e:#}` both say it once.
+    #[error("{op} {path}: {error}")]
     Io {
         op: &'static str,
         path: PathBuf,
-        #[source]
-        source: io::Error,
+        error: io::Error,
     },
 }
 
 impl Error {
-    fn io(op: &'static str, path: &Path, source: io::Error) -> Error {
+    fn io(op: &'static str, path: &Path, error: io::Error) -> Error {
         Error::Io {
             op,
             path: path.to_path_buf(),
-            source,
+            error,
         }
     }
 }

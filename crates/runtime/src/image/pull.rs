@@ -31,6 +31,21 @@ impl std::fmt::Debug for RegistryAuth {
     }
 }
 
+/// `e` and its causes, `: `-separated (reqwest hides "connection refused" in a source).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let c_s = c.to_string();
+        if !s.contains(&c_s) {
+            s.push_str(": ");
+            s.push_str(&c_s);
+        }
+        cur = c.source();
+    }
+    s
+}
+
 /// Config blobs above this are refused: a config is a few KiB.
 const MAX_CONFIG: usize = 16 << 20;
 
@@ -88,7 +103,7 @@ impl ImageStore {
             let (bytes, _) = client
                 .pull_manifest_raw(&oref, &oauth, &accepted)
                 .await
-                .map_err(|e| fail(format!("fetching the manifest: {e}")))?;
+                .map_err(|e| fail(format!("fetching the manifest: {}", chain(&e))))?;
             manifest_bytes = bytes.to_vec();
             let actual = format!("sha256:{}", sha256_hex(&manifest_bytes));
             if let Some(want) = &want_digest
@@ -99,7 +114,7 @@ impl ImageStore {
                 )));
             }
             let v: serde_json::Value = serde_json::from_slice(&manifest_bytes)
-                .map_err(|e| fail(format!("parsing the manifest: {e}")))?;
+                .map_err(|e| fail(format!("parsing the manifest: {}", chain(&e))))?;
             let Some(list) = v.get("manifests") else {
                 break;
             };
@@ -108,7 +123,7 @@ impl ImageStore {
                 return Err(fail("image indexes nested too deep".into()));
             }
             let list: Vec<archive::Descriptor> = serde_json::from_value(list.clone())
-                .map_err(|e| fail(format!("parsing the image index: {e}")))?;
+                .map_err(|e| fail(format!("parsing the image index: {}", chain(&e))))?;
             let arch = archive::oci_arch();
             let chosen = list
                 .iter()
@@ -126,7 +141,7 @@ impl ImageStore {
             );
         }
         let manifest: Manifest = serde_json::from_slice(&manifest_bytes)
-            .map_err(|e| fail(format!("parsing the manifest: {e}")))?;
+            .map_err(|e| fail(format!("parsing the manifest: {}", chain(&e))))?;
         if manifest.config.size as usize > MAX_CONFIG {
             return Err(fail(format!(
                 "config of {} bytes is too large",
@@ -140,8 +155,9 @@ impl ImageStore {
             .await
             .map_err(|e| {
                 fail(format!(
-                    "fetching the config {}: {e}",
-                    manifest.config.digest
+                    "fetching the config {}: {}",
+                    manifest.config.digest,
+                    chain(&e)
                 ))
             })?;
         let config_digest = format!("sha256:{}", sha256_hex(&config));
@@ -165,7 +181,7 @@ impl ImageStore {
         let _content =
             tokio::task::spawn_blocking(move || Lock::acquire(&lock_path, index::Mode::Shared))
                 .await
-                .map_err(|e| fail(format!("locking: {e}")))??;
+                .map_err(|e| fail(format!("locking: {}", chain(&e))))??;
 
         let total = manifest
             .layers
@@ -192,10 +208,11 @@ impl ImageStore {
             let mut stream = client
                 .pull_blob_stream(&oref, &descriptor(layer))
                 .await
-                .map_err(|e| fail(format!("fetching layer {}: {e}", layer.digest)))?;
+                .map_err(|e| fail(format!("fetching layer {}: {}", layer.digest, chain(&e))))?;
             while let Some(chunk) = stream.next().await {
-                let chunk =
-                    chunk.map_err(|e| fail(format!("downloading layer {}: {e}", layer.digest)))?;
+                let chunk = chunk.map_err(|e| {
+                    fail(format!("downloading layer {}: {}", layer.digest, chain(&e)))
+                })?;
                 out.write_all(&chunk)
                     .await
                     .map_err(|e| Error::io("writing", &tmp_path, e))?;
@@ -226,7 +243,7 @@ impl ImageStore {
                 r
             })
             .await
-            .map_err(|e| fail(format!("unpacking: {e}")))?;
+            .map_err(|e| fail(format!("unpacking: {}", chain(&e))))?;
             let size = match unpacked {
                 Ok(s) => s.unwrap_or(0),
                 Err(e @ Error::DigestMismatch { .. }) => return Err(fail(e.to_string())),
@@ -252,13 +269,13 @@ impl ImageStore {
             )
         })
         .await
-        .map_err(|e| fail(format!("recording: {e}")))??;
+        .map_err(|e| fail(format!("recording: {}", chain(&e))))??;
         progress(Progress::Image(info));
         let store = self.clone();
         let key = shown.clone();
         tokio::task::spawn_blocking(move || store.resolve(&key))
             .await
-            .map_err(|e| fail(format!("resolving: {e}")))??
+            .map_err(|e| fail(format!("resolving: {}", chain(&e))))??
             .ok_or_else(|| Error::NotFound(shown.clone()))
     }
 }
