@@ -521,6 +521,12 @@ fn resolves_normalized_names_ids_and_digests() {
             layers: vec![base_layer()],
             cmd: vec!["app".into()],
         },
+        // A name that looks like an id prefix: names win, as in docker.
+        Img {
+            name: Some("abcd".into()),
+            layers: vec![base_layer()],
+            cmd: vec!["abcd".into()],
+        },
     ];
     let f = write(tmp.path(), "r.tar", &oci_layout(&imgs, Comp::Gzip));
     let infos = s.import(&f, &mut |_| {}).unwrap();
@@ -580,6 +586,14 @@ fn resolves_normalized_names_ids_and_digests() {
     }
     let r = s.resolve("reg:5000/team/app:v2").unwrap().unwrap();
     assert_eq!(r.config.cmd, vec!["app"]);
+    let r = s.resolve("abcd").unwrap().unwrap();
+    assert_eq!(
+        (r.config.cmd, r.name),
+        (
+            vec!["abcd".to_string()],
+            "docker.io/library/abcd:latest".to_string()
+        )
+    );
     for bad in ["Busybox", "a:b:c", ""] {
         assert!(
             matches!(s.resolve(bad), Err(Error::InvalidReference { .. })),

@@ -867,39 +867,38 @@ fn info(r: &ImageRecord) -> ImageInfo {
     }
 }
 
-/// Looks `key` up: an id (`sha256:<hex>`, 64 hex digits, or a unique prefix of at least 4),
-/// a name, or `name@digest`. Returns the image's position and the normalized name it was
-/// found by (none for ids).
+/// Looks `key` up: an id (`sha256:<hex>` or 64 hex digits), a name, `name@digest`, or a unique
+/// id prefix of at least 4 hex digits (after names, as in docker: `abcd` may be a repository).
+/// Returns the image's position and the normalized name it was found by (none for ids).
 fn find(idx: &Index, key: &str) -> Result<Option<(usize, Option<String>)>> {
     let hex = key.strip_prefix("sha256:").unwrap_or(key);
+    let is_hex = hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
     if reference::is_sha256_hex(hex) {
         let id = format!("sha256:{hex}");
         if let Some(p) = idx.images.iter().position(|i| i.id == id) {
             return Ok(Some((p, None)));
         }
-        if key.starts_with("sha256:") {
+    }
+    let by_prefix = || -> Result<Option<(usize, Option<String>)>> {
+        if hex.len() < 4 || hex.len() > 64 || !is_hex {
             return Ok(None);
         }
-    }
-    if hex.len() >= 4
-        && hex.len() < 64
-        && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-    {
-        let matches: Vec<usize> = idx
+        let mut matches = idx
             .images
             .iter()
             .enumerate()
-            .filter(|(_, i)| strip(&i.id).starts_with(hex))
-            .map(|(p, _)| p)
-            .collect();
-        match matches.len() {
-            0 => {}
-            1 => return Ok(Some((matches[0], None))),
-            _ => return Err(Error::Ambiguous(key.to_string())),
+            .filter(|(_, i)| strip(&i.id).starts_with(hex));
+        match (matches.next(), matches.next()) {
+            (Some((p, _)), None) => Ok(Some((p, None))),
+            (Some(_), Some(_)) => Err(Error::Ambiguous(key.to_string())),
+            _ => Ok(None),
         }
-        if key.starts_with("sha256:") {
-            return Ok(None);
-        }
+    };
+    if key.starts_with("sha256:") {
+        return by_prefix();
+    }
+    if reference::is_sha256_hex(hex) {
+        return Ok(None);
     }
     let r = Reference::parse(key)?;
     if let Some(d) = &r.digest {
@@ -912,11 +911,14 @@ fn find(idx: &Index, key: &str) -> Result<Option<(usize, Option<String>)>> {
             .map(|p| (p, Some(r.to_string()))));
     }
     let name = r.tagged().expect("a reference without digest has a tag");
-    Ok(idx
-        .images
-        .iter()
-        .position(|i| i.names.contains(&name))
-        .map(|p| (p, Some(name))))
+    if let Some(p) = idx.images.iter().position(|i| i.names.contains(&name)) {
+        return Ok(Some((p, Some(name))));
+    }
+    // Only a bare word can be an id prefix ("abcd", not "abcd:latest" or "x/abcd").
+    if key.contains([':', '/', '@']) {
+        return Ok(None);
+    }
+    by_prefix()
 }
 
 struct ParsedConfig {

@@ -66,6 +66,10 @@ impl Reference {
         if name.is_empty() {
             return Err(bad("empty repository name"));
         }
+        if is_sha256_hex(name) {
+            // As in docker: such a name could only be mistaken for an image id.
+            return Err(bad("repository name cannot be a 64-character hex string"));
+        }
         let (domain, path) = match name.split_once('/') {
             Some((first, rest))
                 if first.contains('.') || first.contains(':') || first == "localhost" =>
@@ -250,6 +254,7 @@ mod tests {
             "reg:port/x",
             "a..b",
             "a/b/",
+            "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
         ] {
             assert!(Reference::parse(bad).is_err(), "{bad:?} accepted");
         }
