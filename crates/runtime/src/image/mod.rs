@@ -583,6 +583,19 @@ impl ImageStore {
             }
         }
         files.sort_by(|a, b| a.0.cmp(&b.0));
+        // Forget the stat cache of files no longer there (their content hashes stay recorded).
+        let present: HashSet<&str> = files.iter().map(|f| f.0.as_str()).collect();
+        if self
+            .index()?
+            .drop_stat
+            .keys()
+            .any(|k| !present.contains(k.as_str()))
+        {
+            self.update(|i| {
+                i.drop_stat.retain(|k, _| present.contains(k.as_str()));
+                Ok(())
+            })?;
+        }
         let mut out = Vec::new();
         for (name, path, meta) in files {
             use std::os::unix::fs::MetadataExt;

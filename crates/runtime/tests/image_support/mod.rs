@@ -111,6 +111,31 @@ impl Layer {
         self
     }
 
+    /// A PAX extended header (`path=`, `SCHILY.xattr.…=`) followed by a regular file entry
+    /// whose own header names `name`; the PAX records override it.
+    pub fn pax_file(mut self, records: &[(&str, &[u8])], name: &str, data: &[u8]) -> Self {
+        let mut body = Vec::new();
+        for (k, v) in records {
+            let rest = k.len() + v.len() + 3; // ' ', '=', '\n'
+            let mut len = rest + 1;
+            while len != rest + len.to_string().len() {
+                len = rest + len.to_string().len();
+            }
+            body.extend_from_slice(format!("{len} {k}=").as_bytes());
+            body.extend_from_slice(v);
+            body.push(b'\n');
+        }
+        let mut h = Self::header(
+            "PaxHeader",
+            tar::EntryType::XHeader,
+            0o644,
+            body.len() as u64,
+        );
+        h.set_cksum();
+        self.b.append(&h, body.as_slice()).unwrap();
+        self.file(name, data)
+    }
+
     pub fn build(self) -> Vec<u8> {
         self.b.into_inner().unwrap()
     }
