@@ -36,10 +36,11 @@ def free_port() -> int:
 class Server:
     """A skiff server process with its own data dir."""
 
-    def __init__(self, data_dir: Path, port: int, extra_args=()):
+    def __init__(self, data_dir: Path, port: int, extra_args=(), agent=False):
         self.data_dir = data_dir
         self.port = port
-        self.extra_args = list(extra_args)
+        # Without `agent`, the server runs no node of its own (tests add nodes explicitly).
+        self.extra_args = list(extra_args) + ([] if agent else ["--disable-agent"])
         self.proc = None
         self.kubeconfig = data_dir / "kubeconfig.yaml"
         self.log = data_dir / "server.log"

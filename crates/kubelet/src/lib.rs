@@ -4,6 +4,7 @@
 pub mod join;
 pub mod quantity;
 pub mod server;
+pub mod node;
 pub mod simulated;
 
 pub use join::{JoinError, JoinToken, Joined, join};

@@ -48,7 +48,7 @@ pub struct ControlPlaneArgs {
 }
 
 /// An API client of `server` for the component `name`.
-fn loopback_client(server: &Arc<ApiServer>, name: &str) -> kube::Client {
+pub fn loopback_client(server: &Arc<ApiServer>, name: &str) -> kube::Client {
     kube::Client::new(Loopback::new(server.clone(), name), "default")
 }
 

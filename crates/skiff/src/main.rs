@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
+mod agent;
 mod bench;
 mod control_plane;
 mod image_cmd;
@@ -36,59 +37,10 @@ enum Command {
     },
     /// Measure the API server and print a table of figures.
     Bench(bench::BenchArgs),
-    /// Join a cluster as a node agent (today: simulated nodes only).
-    Agent(AgentArgs),
+    /// Join a cluster as a node agent: this machine as a node, or simulated nodes.
+    Agent(agent::AgentArgs),
     /// Manage the node's OCI images: import, ls, rm, pull.
     Image(image_cmd::ImageArgs),
-}
-
-#[derive(Parser, Clone)]
-struct AgentArgs {
-    /// The server to join, e.g. https://10.0.0.1:6443.
-    #[arg(long, env = "SKIFF_URL")]
-    server: String,
-    /// The join token: the contents of the server's <data-dir>/server/token.
-    #[arg(long, env = "SKIFF_TOKEN", hide_env_values = true)]
-    token: String,
-    /// Where the agent keeps its state (the server CA it trusts is written to <data-dir>/agent/).
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
-    /// How many simulated nodes to run (nothing runs for real; like KWOK).
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=kubelet::simulated::MAX_NODES as i64))]
-    simulated_nodes: u32,
-    /// Simulated nodes are named <prefix>-0 .. <prefix>-<N-1>.
-    #[arg(long, default_value = "sim", value_parser = node_prefix)]
-    node_name_prefix: String,
-    /// CPU capacity of each simulated node.
-    #[arg(long, default_value = "32", value_parser = quantity)]
-    simulated_cpu: String,
-    /// Memory capacity of each simulated node.
-    #[arg(long, default_value = "256Gi", value_parser = quantity)]
-    simulated_memory: String,
-    /// Pod capacity of each simulated node.
-    #[arg(long, default_value_t = 110, value_parser = clap::value_parser!(u32).range(1..))]
-    simulated_pods: u32,
-    /// Duration of each node's Lease; it is renewed every quarter of it (upstream kubelet's
-    /// nodeLeaseDurationSeconds). Keep the controller's node monitor grace period above the
-    /// renew interval.
-    #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(u32).range(1..=3600))]
-    node_lease_duration_seconds: u32,
-}
-
-fn quantity(s: &str) -> Result<String, String> {
-    kubelet::quantity::validate(s).map_err(|e| e.to_string())
-}
-
-fn node_prefix(s: &str) -> Result<String, String> {
-    let ok = s.len() <= 200
-        && s.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
-    if ok {
-        Ok(s.to_string())
-    } else {
-        Err("expected lowercase letters, digits, '-' and '.'".into())
-    }
 }
 
 #[derive(Parser, Clone)]
@@ -108,8 +60,7 @@ struct ServerArgs {
     /// Extra host names or IPs for the serving certificate.
     #[arg(long = "tls-san")]
     tls_san: Vec<String>,
-    /// Do not run a node agent in the server (the agent arrives with the node issue; today the
-    /// server never runs one, so this changes nothing yet).
+    /// Do not run this machine as a node inside the server (then nodes join with `skiff agent`).
     #[arg(long)]
     disable_agent: bool,
     /// tolerationSeconds of the default `node.kubernetes.io/not-ready` toleration added to pods.
@@ -120,10 +71,12 @@ struct ServerArgs {
     default_unreachable_toleration_seconds: i64,
     #[command(flatten)]
     control: control_plane::ControlPlaneArgs,
+    #[command(flatten)]
+    node: agent::NodeArgs,
 }
 
 /// `/var/lib/skiff` as root, `~/.skiff` otherwise.
-fn default_data_dir() -> PathBuf {
+pub(crate) fn default_data_dir() -> PathBuf {
     let root = std::fs::metadata("/proc/self")
         .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
         .unwrap_or(false);
@@ -173,7 +126,7 @@ fn main() -> ExitCode {
         Command::Server(args) => run_server(args),
         Command::Kubectl { args } => run_kubectl(args),
         Command::Bench(args) => bench::run(args),
-        Command::Agent(args) => run_agent(args),
+        Command::Agent(args) => agent::run(args),
         Command::Image(args) => image_cmd::run(args),
     };
     match result {
@@ -185,7 +138,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging() {
+pub(crate) fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SKIFF_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
@@ -214,6 +167,21 @@ fn run_server(args: ServerArgs) -> Result<()> {
         let running = apiserver::start(cfg).await?;
         let loops = CancellationToken::new();
         let mut tasks = control_plane::start(&running.server, &args.control, loops.clone())?;
+        if !args.disable_agent {
+            // The embedded agent: this machine as a node, talking to the API in-process.
+            let agent_dir = data_dir.join("agent");
+            let opts = args.node.options(&agent_dir, &running.server.ca_cert_pem)?;
+            let client = control_plane::loopback_client(
+                &running.server,
+                &format!("node:{}", opts.cfg.node_name),
+            );
+            let stop = loops.clone();
+            tasks.spawn(async move {
+                if let Err(e) = kubelet::node::real::start(client, opts, stop).await {
+                    tracing::error!("node agent stopped: {e:#}");
+                }
+            });
+        }
         eprintln!("skiff: API server listening on https://{}", running.addr);
         eprintln!(
             "skiff: kubeconfig written to {}",
@@ -232,52 +200,7 @@ fn run_server(args: ServerArgs) -> Result<()> {
     })
 }
 
-fn run_agent(args: AgentArgs) -> Result<()> {
-    init_logging();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
-    rt.block_on(async move {
-        let joined = kubelet::join(&args.server, &args.token)
-            .await
-            .with_context(|| format!("joining {}", args.server))?;
-        if let Some(dir) = &args.data_dir {
-            let dir = dir.join("agent");
-            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            let ca = dir.join("server-ca.crt");
-            std::fs::write(&ca, &joined.ca_pem)
-                .with_context(|| format!("writing {}", ca.display()))?;
-        }
-        eprintln!(
-            "skiff: joined {} (CA verified against the token)",
-            args.server
-        );
-        let opts = kubelet::simulated::SimOptions {
-            nodes: args.simulated_nodes as usize,
-            prefix: args.node_name_prefix.clone(),
-            cpu: args.simulated_cpu.clone(),
-            memory: args.simulated_memory.clone(),
-            pods: args.simulated_pods,
-            lease_duration_seconds: args.node_lease_duration_seconds as i32,
-            // Upstream renews at a quarter of the duration (renewIntervalFraction 0.25).
-            lease_renew_interval: std::time::Duration::from_secs(u64::from(
-                args.node_lease_duration_seconds,
-            )) / 4,
-            ..Default::default()
-        };
-        let shutdown = kubelet::CancellationToken::new();
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            wait_for_signal().await;
-            eprintln!("skiff: stopping the agent (nodes stay registered)");
-            stop.cancel();
-        });
-        kubelet::simulated::run(joined.client, opts, shutdown).await
-    })
-}
-
-async fn wait_for_signal() {
+pub(crate) async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = match signal(SignalKind::terminate()) {
         Ok(s) => s,

@@ -8,7 +8,7 @@
 
 mod node;
 mod pods;
-mod status;
+pub(crate) mod status;
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;

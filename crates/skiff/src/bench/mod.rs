@@ -153,6 +153,8 @@ async fn start_server(args: &[&str]) -> Result<(ServerProcess, Duration)> {
     let child = cmd
         .args(["server"])
         .args(args)
+        // The API and scheduler suites measure the control plane; nodes come separately.
+        .arg("--disable-agent")
         .args([
             "--bind-address",
             "127.0.0.1",
