@@ -141,7 +141,8 @@ impl Queue {
             .push(Reverse((e.backoff_until, e.generation, key.to_string())));
     }
 
-    /// A new or updated unscheduled pod. Returns true when activeQ gained a pod.
+    /// A new or updated unscheduled pod. Returns true when activeQ or backoffQ gained a pod,
+    /// i.e. when the scheduling loop must look again (see `move_on`).
     pub fn add_or_update(&mut self, info: Arc<PodInfo>) -> bool {
         let key = info.key.clone();
         match self.entries.get_mut(&key) {
@@ -175,11 +176,10 @@ impl Queue {
                     Where::Unschedulable if changed => {
                         if e.backoff_until > Instant::now() {
                             self.push_backoff(&key);
-                            false
                         } else {
                             self.push_active(&key);
-                            true
                         }
+                        true
                     }
                     Where::Active if reprioritized => {
                         self.push_active(&key);
@@ -295,7 +295,9 @@ impl Queue {
     }
 
     /// A cluster event: unschedulable pods it may help go to activeQ, or backoffQ while
-    /// their backoff lasts. Returns true when activeQ gained a pod.
+    /// their backoff lasts. Returns true when either gained a pod: the scheduling loop must
+    /// then look again, since it sleeps until the backoff deadline it saw last (or its idle
+    /// tick when backoffQ was empty), which a pod new in backoffQ may precede.
     pub fn move_on(&mut self, event: ClusterEvent) -> bool {
         self.moves += 1;
         let now = Instant::now();
@@ -316,7 +318,7 @@ impl Queue {
         for k in &to_active {
             self.push_active(k);
         }
-        !to_active.is_empty()
+        !(to_active.is_empty() && to_backoff.is_empty())
     }
 
     /// After a relist: drops pods the API server no longer has.
@@ -385,5 +387,62 @@ mod tests {
         assert!(q.pop().is_none());
         q.flush(Instant::now() + Duration::from_millis(1001));
         assert_eq!(q.pop().map(|p| p.name.clone()).as_deref(), Some("p"));
+    }
+
+    /// The scheduling loop sleeps until the backoff deadline it last saw; a pod an event moves
+    /// into backoffQ must wake it, or the pod waits for the loop's idle tick.
+    #[test]
+    fn a_move_into_backoff_asks_for_a_wake() {
+        let mut q = Queue::default();
+        q.add_or_update(pod("p", 0, 1));
+        assert!(q.pop().is_some());
+        q.unschedulable("default/p", ["TaintToleration"].into());
+        assert_eq!(q.next_backoff(), None);
+        // A node update (say, its taint removed) while the 1s backoff still runs.
+        assert!(q.move_on(ClusterEvent::NodeUpdate));
+        let due = q.next_backoff().expect("the pod waits in backoffQ");
+        assert!(due <= Instant::now() + INITIAL_BACKOFF);
+        assert!(q.pop().is_none());
+        q.flush(due);
+        assert_eq!(q.pop().map(|p| p.name.clone()).as_deref(), Some("p"));
+
+        // The same for a spec change of a parked pod.
+        q.unschedulable("default/p", ["TaintToleration"].into());
+        let mut changed = (*pod("p", 0, 1)).clone();
+        let mut p = (*changed.pod).clone();
+        p.spec.get_or_insert_with(Default::default).node_selector =
+            Some([("disk".to_string(), "ssd".to_string())].into());
+        changed.pod = Arc::new(p);
+        assert!(q.add_or_update(Arc::new(changed)));
+        assert!(q.next_backoff().is_some());
+    }
+
+    /// A cluster change while a pod is being scheduled (its watch event raced with the
+    /// attempt, which saw the old node) may already have helped it: it backs off instead of
+    /// parking until the next event.
+    #[test]
+    fn a_change_during_the_attempt_backs_off_instead_of_parking() {
+        let mut q = Queue::default();
+        q.add_or_update(pod("p", 0, 1));
+        assert!(q.pop().is_some());
+        // Nothing to move: the pod is in flight, and the loop is awake running it.
+        assert!(!q.move_on(ClusterEvent::NodeUpdate));
+        q.unschedulable("default/p", ["TaintToleration"].into());
+        let due = q
+            .next_backoff()
+            .expect("the pod waits in backoffQ, not parked");
+        q.flush(due);
+        assert_eq!(q.pop().map(|p| p.name.clone()).as_deref(), Some("p"));
+    }
+
+    /// Events that cannot help leave a parked pod alone and do not wake the loop.
+    #[test]
+    fn unhelpful_events_do_not_wake() {
+        let mut q = Queue::default();
+        q.add_or_update(pod("p", 0, 1));
+        assert!(q.pop().is_some());
+        q.unschedulable("default/p", ["TaintToleration"].into());
+        assert!(!q.move_on(ClusterEvent::AssignedPodAdd));
+        assert_eq!(q.next_backoff(), None);
     }
 }

@@ -1,5 +1,6 @@
 //! The scheduler against the real API server in-process: binding within capacity, the
-//! unschedulable condition and event, leader election's Lease, and preemption.
+//! unschedulable condition and event, leader election's Lease, preemption, and retrying a
+//! pod once a Node update (a taint removed) may let it fit.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -383,6 +384,127 @@ async fn unschedulable_condition_event_lease_and_preemption() -> anyhow::Result<
             .and_then(|s| s.node_name.as_deref()),
         Some("node-0")
     );
+
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(20), sched)
+        .await
+        .context("scheduler did not stop")???;
+    Ok(())
+}
+
+const DISK_PRESSURE: &str = "node.kubernetes.io/disk-pressure";
+
+/// Sets the node's taints the way the node lifecycle controller does (a merge patch of
+/// `spec.taints`).
+async fn set_taints(
+    nodes: &Api<Node>,
+    name: &str,
+    taints: serde_json::Value,
+) -> anyhow::Result<()> {
+    nodes
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"taints": taints}})),
+        )
+        .await
+        .with_context(|| format!("setting the taints of node {name}"))?;
+    Ok(())
+}
+
+/// The message of the pod's PodScheduled=False condition, once the scheduler wrote it.
+async fn unschedulable_message(pods: &Api<Pod>, name: &str) -> anyhow::Result<String> {
+    eventually(
+        &format!("PodScheduled=False on {name}"),
+        Duration::from_secs(30),
+        || async {
+            let p = pods.get(name).await?;
+            Ok(condition(&p, "PodScheduled")
+                .filter(|c| c.status == "False" && c.reason.as_deref() == Some("Unschedulable"))
+                .and_then(|c| c.message.clone()))
+        },
+    )
+    .await
+}
+
+async fn bound_node(pods: &Api<Pod>, name: &str, timeout: Duration) -> anyhow::Result<String> {
+    eventually(&format!("{name} bound"), timeout, || async {
+        let p = pods.get(name).await?;
+        Ok(p.spec.and_then(|s| s.node_name))
+    })
+    .await
+}
+
+/// A pod rejected for a node's taint is retried when a Node update removes the taint (after
+/// its 1s backoff), as upstream's queue does; it must not wait for a periodic flush.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_rejected_for_a_taint_binds_once_the_taint_is_removed() -> anyhow::Result<()> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("SKIFF_LOG"))
+        .with_test_writer()
+        .try_init();
+    let server = testkit::TestServer::start().await?;
+    let client = server.client.clone();
+    let nodes: Api<Node> = Api::all(client.clone());
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    create_node(&nodes, "n1", "4").await?;
+    let tainted = json!([{"key": DISK_PRESSURE, "effect": "NoSchedule"}]);
+    set_taints(&nodes, "n1", tainted.clone()).await?;
+
+    let shutdown = CancellationToken::new();
+    let sched = tokio::spawn(scheduler::run(
+        client.clone(),
+        scheduler::Config::default(),
+        shutdown.clone(),
+    ));
+
+    // Removed well after the first attempt's backoff ran out: the pod is parked.
+    pods.create(&PostParams::default(), &pod("web", "100m", None)?)
+        .await?;
+    let msg = unschedulable_message(&pods, "web").await?;
+    assert_eq!(
+        msg,
+        format!(
+            "0/1 nodes are available: 1 node(s) had untolerated taint {{{DISK_PRESSURE}: }}. preemption: 0/1 nodes are available: 1 Preemption is not helpful for scheduling."
+        )
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    set_taints(&nodes, "n1", json!([])).await?;
+    assert_eq!(
+        bound_node(&pods, "web", Duration::from_secs(3)).await?,
+        "n1"
+    );
+
+    // Removed while the pod's 1s backoff still runs (as when the taint goes away just after
+    // an attempt that saw it): retried as soon as the backoff ends.
+    set_taints(&nodes, "n1", tainted.clone()).await?;
+    // Give the scheduler's Node watch (loopback, in-process) ample time to deliver the taint
+    // before the pod arrives.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    pods.create(&PostParams::default(), &pod("api", "100m", None)?)
+        .await?;
+    unschedulable_message(&pods, "api").await?;
+    set_taints(&nodes, "n1", json!([])).await?;
+    assert_eq!(
+        bound_node(&pods, "api", Duration::from_secs(3)).await?,
+        "n1"
+    );
+
+    // The removal races with the first attempt: whichever the scheduler sees first, the pod
+    // binds within its backoff.
+    for name in ["race-0", "race-1", "race-2"] {
+        set_taints(&nodes, "n1", tainted.clone()).await?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let racer = pod(name, "100m", None)?;
+        let pp = PostParams::default();
+        let (created, untainted) = tokio::join!(
+            pods.create(&pp, &racer),
+            set_taints(&nodes, "n1", json!([])),
+        );
+        created?;
+        untainted?;
+        assert_eq!(bound_node(&pods, name, Duration::from_secs(3)).await?, "n1");
+    }
 
     shutdown.cancel();
     tokio::time::timeout(Duration::from_secs(20), sched)
