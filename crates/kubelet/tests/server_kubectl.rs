@@ -35,6 +35,8 @@ struct LocalStreams {
     last_log: Mutex<Option<LogRequest>>,
     /// The follow-mode log script waits for this file before printing its second line.
     gate: PathBuf,
+    /// Terminal sizes applied to tty sessions, in order.
+    sizes: Arc<Mutex<Vec<(u16, u16)>>>,
 }
 
 fn exit_of(status: std::process::ExitStatus) -> ExitStatus {
@@ -83,6 +85,79 @@ fn spawn_session(
         }),
     };
     Ok(session)
+}
+
+/// Sets a terminal's size with `stty`.
+async fn apply_size(tty: &Path, size: server::TerminalSize) -> bool {
+    tokio::process::Command::new("stty")
+        .arg("-F")
+        .arg(tty)
+        .args([
+            "rows",
+            &size.height.to_string(),
+            "cols",
+            &size.width.to_string(),
+        ])
+        .status()
+        .await
+        .is_ok_and(|s| s.success())
+}
+
+/// Runs `argv` on a new pseudo-terminal. The process starts once the client's first terminal
+/// size has been applied (or after a second without one), so it never sees a 0x0 terminal;
+/// later sizes are applied as they come.
+fn spawn_tty_session(argv: &[String], sizes: Arc<Mutex<Vec<(u16, u16)>>>) -> Result<Session> {
+    let pty = nix::pty::openpty(
+        None::<&nix::pty::Winsize>,
+        None::<&nix::sys::termios::Termios>,
+    )?;
+    let tty_path = nix::unistd::ttyname(&pty.slave)?;
+    let mut cmd = tokio::process::Command::new(&argv[0]);
+    cmd.args(&argv[1..])
+        .stdin(Stdio::from(pty.slave.try_clone()?))
+        .stdout(Stdio::from(pty.slave.try_clone()?))
+        .stderr(Stdio::from(pty.slave))
+        // A session dropped by the server (client gone) must not leave the process, and so
+        // the terminal and the blocking reads on it, behind.
+        .kill_on_drop(true);
+    let master = std::fs::File::from(pty.master);
+    let writer = tokio::fs::File::from_std(master.try_clone()?);
+    let reader = tokio::fs::File::from_std(master);
+    let (resize_tx, mut resize_rx) = tokio::sync::mpsc::channel::<server::TerminalSize>(4);
+    let (child_tx, child_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        if let Ok(Some(first)) =
+            tokio::time::timeout(Duration::from_secs(1), resize_rx.recv()).await
+            && apply_size(&tty_path, first).await
+        {
+            sizes.lock().unwrap().push((first.width, first.height));
+        }
+        let child = cmd.spawn();
+        // The command held the only copies of the slave end besides the child's.
+        drop(cmd);
+        let _ = child_tx.send(child);
+        while let Some(size) = resize_rx.recv().await {
+            if apply_size(&tty_path, size).await {
+                sizes.lock().unwrap().push((size.width, size.height));
+            }
+        }
+    });
+    Ok(Session {
+        stdin: Some(Box::pin(writer)),
+        stdout: Some(Box::pin(reader)),
+        stderr: None,
+        resize: Some(resize_tx),
+        exit: Box::pin(async move {
+            match child_rx.await {
+                Ok(Ok(mut child)) => match child.wait().await {
+                    Ok(s) => exit_of(s),
+                    Err(e) => ExitStatus::Failed(e.to_string()),
+                },
+                Ok(Err(e)) => ExitStatus::Failed(format!("starting the command: {e}")),
+                Err(_) => ExitStatus::Failed("the session ended before the command started".into()),
+            }
+        }),
+    })
 }
 
 fn check_pod(namespace: &str, pod: &str) -> Result<(), StreamError> {
@@ -135,6 +210,10 @@ impl PodStreams for LocalStreams {
         Box::pin(async move {
             check_pod(&req.container.namespace, &req.container.pod)?;
             let s = req.streams;
+            if s.tty {
+                return spawn_tty_session(&req.command, self.sizes.clone())
+                    .map_err(|e| StreamError::Internal(format!("{e:#}")));
+            }
             spawn_session(&req.command, s.stdin, s.stdout, s.stderr)
         })
     }
@@ -703,5 +782,109 @@ async fn kubelet_requires_a_client_certificate_from_the_cluster_ca() -> Result<(
     ])
     .await?;
     assert!(!ok, "a certificate from another CA was accepted");
+    Ok(())
+}
+
+/// A tmux server of its own (a private socket), killed on drop.
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    fn new() -> Tmux {
+        Tmux {
+            socket: format!("skiff-kubelet-test-{}", std::process::id()),
+        }
+    }
+
+    /// Runs a tmux command. Its output is not captured: the tmux server that `new-session`
+    /// starts would inherit the pipes and keep them open.
+    async fn run(&self, args: &[&str]) -> Result<()> {
+        let status = tokio::process::Command::new("tmux")
+            .arg("-L")
+            .arg(&self.socket)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .await?;
+        if !status.success() {
+            bail!("tmux {args:?} failed: {status}");
+        }
+        Ok(())
+    }
+
+    /// What session `t`'s terminal shows now.
+    async fn screen(&self, t: &str) -> Result<String> {
+        let out = tokio::process::Command::new("tmux")
+            .arg("-L")
+            .arg(&self.socket)
+            .args(["capture-pane", "-p", "-t", t])
+            .output()
+            .await?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    async fn screen_shows(&self, t: &str, text: &str) -> Result<String> {
+        testkit::wait_for(&format!("the terminal to show {text:?}"), WAIT, || async {
+            let screen = self.screen(t).await.ok()?;
+            screen.contains(text).then_some(screen)
+        })
+        .await
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("tmux")
+            .args(["-L", &self.socket, "kill-server"])
+            .output();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interactive_exec_gets_a_terminal_that_follows_resizes() -> Result<()> {
+    let c = Cluster::start().await?;
+    let tmux = Tmux::new();
+    for (i, (label, version, env)) in FLAVOURS.iter().enumerate() {
+        c.streams.sizes.lock().unwrap().clear();
+        let t = format!("t{i}");
+        let t = t.as_str();
+        tmux.run(&["new-session", "-d", "-s", t, "-x", "100", "-y", "30"])
+            .await?;
+        let bin = if version.is_empty() {
+            "kubectl".to_string()
+        } else {
+            format!("/usr/lib/google-cloud-sdk/bin/kubectl.{version}")
+        };
+        let env: String = env.iter().map(|(k, v)| format!("{k}={v} ")).collect();
+        let line = format!(
+            "HOME={} {env}{bin} --kubeconfig {} exec -it demo -- sh -c 'stty size; read x; stty size; echo got:$x; exit 5'; echo kubectl\"\"-exit:$?",
+            c.home.path().display(),
+            c.kubeconfig().display()
+        );
+        tmux.run(&["send-keys", "-t", t, &line, "Enter"]).await?;
+        tmux.screen_shows(t, "30 100")
+            .await
+            .context(label.to_string())?;
+        tmux.run(&["resize-window", "-t", t, "-x", "120", "-y", "40"])
+            .await?;
+        let sizes = c.streams.sizes.clone();
+        testkit::wait_for("the new size to reach the terminal", WAIT, || {
+            let sizes = sizes.clone();
+            async move { sizes.lock().unwrap().contains(&(120, 40)).then_some(()) }
+        })
+        .await
+        .context(label.to_string())?;
+        tmux.run(&["send-keys", "-t", t, "hello", "Enter"]).await?;
+        let screen = tmux
+            .screen_shows(t, "kubectl-exit:")
+            .await
+            .context(label.to_string())?;
+        assert!(screen.contains("40 120"), "{label}: {screen}");
+        assert!(screen.contains("got:hello"), "{label}: {screen}");
+        assert!(screen.contains("kubectl-exit:5"), "{label}: {screen}");
+    }
     Ok(())
 }

@@ -48,7 +48,9 @@
 //!   down when the client closes its stdin (or goes away). `stdout`/`stderr` are `Some` iff
 //!   requested (with `tty`, everything comes on `stdout` and `stderr` is never requested);
 //!   the server reads them until EOF. `resize` is `Some` for a tty: the server forwards the
-//!   client's terminal sizes (the first one arrives right after the session starts). `exit`
+//!   client's terminal sizes. The first size arrives only after the client connected, i.e.
+//!   after `exec` returned: hold the process back until it is applied (bounded, say 1 s;
+//!   `kubectl exec -it -- stty size` must not print `0 0`), then apply later ones. `exit`
 //!   resolves when the process has exited; the server then keeps copying stdout/stderr until
 //!   EOF, at most [`OUTPUT_DRAIN_AFTER_EXIT`] longer (a grandchild holding the pipe open must
 //!   not hold the session), sends the status and closes. `ExitStatus::Exited(0)` is success,
