@@ -110,11 +110,15 @@ async fn bench() -> Result<()> {
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut rss_settled = Vec::new();
+    let mut anon = Vec::new();
+    let mut pss = Vec::new();
     for (id, ..) in f.rt.list()? {
         if id.contains("idle")
             && let Some(pid) = f.rt.shim_pid(&id)?
         {
             rss_settled.push(vm_rss_kb(pid)?);
+            anon.push(status_kb(pid, "RssAnon")?);
+            pss.push(pss_kb(pid)?);
         }
     }
 
@@ -146,14 +150,40 @@ async fn bench() -> Result<()> {
         rss_settled.first().copied().unwrap_or(0),
         avg
     );
+    anon.sort();
+    println!(
+        "| shim RssAnon (private memory) | median {} KiB | max {} KiB | | |",
+        anon.get(anon.len() / 2).copied().unwrap_or(0),
+        anon.last().copied().unwrap_or(0),
+    );
+    pss.sort();
+    println!(
+        "| shim Pss (RSS with shared pages divided among their users) | median {} KiB | max {} KiB | | |",
+        pss.get(pss.len() / 2).copied().unwrap_or(0),
+        pss.last().copied().unwrap_or(0),
+    );
     Ok(())
 }
 
+fn pss_kb(pid: i32) -> Result<u64> {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))?;
+    rollup
+        .lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .with_context(|| format!("no Pss for pid {pid}"))
+}
+
 fn vm_rss_kb(pid: i32) -> Result<u64> {
+    status_kb(pid, "VmRSS")
+}
+
+/// A `kB` field of /proc/<pid>/status.
+fn status_kb(pid: i32, field: &str) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmRSS")
+        .with_context(|| format!("no {field} for pid {pid}"))
 }

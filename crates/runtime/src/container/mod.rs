@@ -315,6 +315,10 @@ pub fn shim_main(args: Vec<OsString>) -> ExitCode {
     match (mode, dir, args.len()) {
         (Some("start"), Some(dir), 2) => shim::launch(&dir),
         (Some("exec"), Some(dir), 2) => exec::exec_shim(&dir),
+        (Some("monitor"), Some(dir), 3) => match args[2].to_str() {
+            Some(handoff) => shim::monitor(&dir, handoff),
+            None => ExitCode::from(2),
+        },
         _ => {
             eprintln!("skiff shim: usage: skiff shim start|exec <container-dir>");
             ExitCode::from(2)

@@ -140,6 +140,10 @@ fn daemon(dir: &Path, status: OwnedFd) -> i32 {
                 },
             );
             drop(status);
+            // Continue in a fresh image of this binary: the pages youki touched (and its heap)
+            // are not carried along, which keeps the long-lived shim small.
+            let err = shim.reexec();
+            eprintln!("re-executing as monitor failed, continuing in place: {err}");
             shim.run();
             0
         }
@@ -172,6 +176,33 @@ fn detach_stdio(paths: &Paths) {
         .open(paths.shim_log())
     {
         let _ = nix::unistd::dup2(log.as_raw_fd(), 2);
+    }
+}
+
+/// What the starting shim hands to its re-executed self (`shim monitor <dir> <json>`): the
+/// container's pid and the descriptors it holds, kept open across execve.
+#[derive(Debug, Serialize, Deserialize)]
+struct Handoff {
+    pid: i32,
+    started_at_ns: u64,
+    out: Option<i32>,
+    err: Option<i32>,
+    stdin: Option<i32>,
+    listener: i32,
+}
+
+/// `skiff shim monitor <dir> <handoff>`: the shim after re-exec. Never started by the agent.
+pub(crate) fn monitor(dir: &Path, handoff: &str) -> ExitCode {
+    match Shim::resume(dir, handoff) {
+        Ok(mut shim) => {
+            shim.reap();
+            shim.run();
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("skiff shim monitor: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -306,6 +337,119 @@ impl Shim {
             spec,
             pid,
             started_at_ns,
+            out,
+            err,
+            stdin,
+            stdin_buf: Vec::new(),
+            stdin_closing: false,
+            listener,
+            clients: Vec::new(),
+            sigfd,
+            log,
+            exit: None,
+            drain_until: None,
+            cgroups,
+            paths,
+            buf: vec![0; 64 * 1024],
+        })
+    }
+
+    /// Replaces this process image with `<this binary> <leading args> monitor <dir> <handoff>`.
+    /// Returns only on failure. Children (the container) and pending signals survive execve.
+    fn reexec(&self) -> String {
+        use std::ffi::CString;
+        use std::os::unix::ffi::OsStrExt;
+        let fd = |f: &Option<OwnedFd>| f.as_ref().map(|f| f.as_raw_fd());
+        let handoff = Handoff {
+            pid: self.pid.as_raw(),
+            started_at_ns: self.started_at_ns,
+            out: fd(&self.out),
+            err: fd(&self.err),
+            stdin: fd(&self.stdin),
+            listener: self.listener.as_raw_fd(),
+        };
+        for raw in [
+            handoff.out,
+            handoff.err,
+            handoff.stdin,
+            Some(handoff.listener),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if let Err(e) = fcntl(raw, FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty())) {
+                return format!("keeping fd {raw} open: {e}");
+            }
+        }
+        let handoff = match serde_json::to_string(&handoff) {
+            Ok(h) => h,
+            Err(e) => return e.to_string(),
+        };
+        // Our own argv ends with `start <dir>`; what precedes them (e.g. `shim`) is how this
+        // binary dispatches to the shim.
+        let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+        if argv.len() < 3 {
+            return "unexpected argv".into();
+        }
+        let mut args: Vec<CString> = Vec::new();
+        for a in argv[..argv.len() - 2].iter() {
+            match CString::new(a.as_bytes()) {
+                Ok(c) => args.push(c),
+                Err(e) => return e.to_string(),
+            }
+        }
+        for a in [
+            "monitor".as_bytes(),
+            self.paths.dir.as_os_str().as_bytes(),
+            handoff.as_bytes(),
+        ] {
+            match CString::new(a) {
+                Ok(c) => args.push(c),
+                Err(e) => return e.to_string(),
+            }
+        }
+        match nix::unistd::execv(c"/proc/self/exe", &args) {
+            Ok(never) => match never {},
+            Err(e) => format!("execv /proc/self/exe: {e}"),
+        }
+    }
+
+    /// Rebuilds the shim in the re-executed image from the handoff.
+    fn resume(dir: &Path, handoff: &str) -> Result<Shim, String> {
+        let h: Handoff = serde_json::from_str(handoff).map_err(|e| format!("bad handoff: {e}"))?;
+        std::env::set_current_dir(dir).map_err(|e| format!("entering {}: {e}", dir.display()))?;
+        let paths = Paths::new(dir);
+        let cfg = files::read_json::<ContainerConfig>(&paths.config())
+            .map_err(|e| e.to_string())?
+            .ok_or("container.json is missing")?;
+        let spec = cfg.spec;
+        let take = |raw: i32| -> Result<OwnedFd, String> {
+            // Only descriptors that are open, i.e. the ones our previous image left us.
+            fcntl(raw, FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))
+                .map_err(|e| format!("handed-off fd {raw}: {e}"))?;
+            #[allow(unsafe_code)]
+            // SAFETY: the previous image of this process kept `raw` open for us (checked just
+            // above) and nothing else in this image owns it.
+            Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) })
+        };
+        let out = h.out.map(take).transpose()?;
+        let err = h.err.map(take).transpose()?;
+        let stdin = h.stdin.map(take).transpose()?;
+        let listener = UnixListener::from(take(h.listener)?);
+        let mut mask = SigSet::empty();
+        mask.add(Signal::SIGCHLD);
+        mask.thread_block()
+            .map_err(|e| format!("blocking SIGCHLD: {e}"))?;
+        let sigfd = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+            .map_err(|e| format!("creating a signalfd: {e}"))?;
+        let log = LogWriter::open(&spec.log_path, spec.log_rotation)
+            .map_err(|e| format!("opening log {}: {e}", spec.log_path.display()))?;
+        let cgroups = Hierarchies::load().map_err(|e| format!("reading mountinfo: {e}"))?;
+        Ok(Shim {
+            tty: spec.tty,
+            spec,
+            pid: Pid::from_raw(h.pid),
+            started_at_ns: h.started_at_ns,
             out,
             err,
             stdin,

@@ -106,15 +106,13 @@ pub(crate) fn short_socket_path(path: &Path) -> io::Result<(PathBuf, Option<Owne
 }
 
 /// Writes `data` to `path` so readers see the old content or the new, never a torn file.
+/// Not fsynced: these records must survive the agent, not the machine (after a reboot the
+/// containers they describe are gone anyway).
 pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
-    {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(data)?;
-        f.sync_data()?;
-    }
+    fs::File::create(&tmp)?.write_all(data)?;
     fs::rename(&tmp, path)
 }
 
