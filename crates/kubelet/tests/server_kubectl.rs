@@ -888,3 +888,132 @@ async fn interactive_exec_gets_a_terminal_that_follows_resizes() -> Result<()> {
     }
     Ok(())
 }
+
+/// A WebSocket to the API server at `path` offering `protocol`, authenticated with the admin
+/// certificate: what the Python client does for `stream()` and `portforward()`.
+async fn api_websocket(
+    c: &Cluster,
+    path: &str,
+    protocol: &str,
+) -> Result<tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let tls = c.server.dir.path().join("server/tls");
+    let pem = |f: &str| std::fs::read(tls.join(f));
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut &pem("ca.crt")?[..]) {
+        roots.add(cert?)?;
+    }
+    let certs =
+        rustls_pemfile::certs(&mut &pem("admin.crt")?[..]).collect::<Result<Vec<_>, _>>()?;
+    let key = rustls_pemfile::private_key(&mut &pem("admin.key")?[..])?.context("admin key")?;
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_client_auth_cert(certs, key)?;
+    let addr = c.server.running.addr;
+    let tcp = TcpStream::connect(addr).await?;
+    let stream = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(rustls::pki_types::ServerName::try_from("localhost")?, tcp)
+        .await?;
+    let mut req = format!("wss://localhost:{}{path}", addr.port()).into_client_request()?;
+    req.headers_mut()
+        .insert("sec-websocket-protocol", protocol.parse()?);
+    let (ws, resp) = tokio_tungstenite::client_async(req, stream).await?;
+    let chosen = resp
+        .headers()
+        .get("sec-websocket-protocol")
+        .and_then(|v| v.to_str().ok());
+    assert_eq!(chosen, Some(protocol));
+    Ok(ws)
+}
+
+/// Reads channel messages until the server closes: (channel, payload) in order.
+async fn channel_messages<S>(
+    ws: &mut tokio_tungstenite::WebSocketStream<S>,
+    base64: bool,
+    until: impl Fn(&[(u8, Vec<u8>)]) -> bool,
+) -> Result<Vec<(u8, Vec<u8>)>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use base64::Engine as _;
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let mut got = Vec::new();
+    tokio::time::timeout(WAIT, async {
+        while !until(&got) {
+            match ws.next().await {
+                Some(Ok(Message::Binary(b))) if !base64 && !b.is_empty() => {
+                    got.push((b[0], b[1..].to_vec()))
+                }
+                Some(Ok(Message::Text(t))) if base64 && !t.is_empty() => {
+                    let data =
+                        base64::engine::general_purpose::STANDARD.decode(&t.as_str()[1..])?;
+                    got.push((t.as_bytes()[0] - b'0', data));
+                }
+                Some(Ok(Message::Close(_))) | None => break,
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e.into()),
+            }
+        }
+        Ok::<_, anyhow::Error>(())
+    })
+    .await
+    .context("waiting for channel messages")??;
+    Ok(got)
+}
+
+fn joined(msgs: &[(u8, Vec<u8>)], channel: u8) -> String {
+    let bytes: Vec<u8> = msgs
+        .iter()
+        .filter(|(c, _)| *c == channel)
+        .flat_map(|(_, d)| d.clone())
+        .collect();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_client_protocols_exec_v4_and_channel_port_forward() -> Result<()> {
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let c = Cluster::start().await?;
+    let exec = "/api/v1/namespaces/default/pods/demo/exec?command=sh&command=-c&command=echo%20out%3B%20echo%20err%20%3E%262%3B%20exit%207&stdout=true&stderr=true";
+    let mut ws = api_websocket(&c, exec, "v4.channel.k8s.io").await?;
+    let msgs = channel_messages(&mut ws, false, |_| false).await?;
+    assert_eq!(joined(&msgs, 1), "out\n");
+    assert_eq!(joined(&msgs, 2), "err\n");
+    let status: serde_json::Value = serde_json::from_str(&joined(&msgs, 3))?;
+    assert_eq!(status["reason"], "NonZeroExitCode", "{status}");
+    assert_eq!(status["details"]["causes"][0]["message"], "7", "{status}");
+
+    // base64 framing, stdin in.
+    let exec =
+        "/api/v1/namespaces/default/pods/demo/exec?command=head&command=-n1&stdin=true&stdout=true";
+    let mut ws = api_websocket(&c, exec, "v4.base64.channel.k8s.io").await?;
+    ws.send(Message::Text("0aGkK".into())).await?; // "hi\n"
+    let msgs = channel_messages(&mut ws, true, |_| false).await?;
+    assert_eq!(joined(&msgs, 1), "hi\n");
+    let status: serde_json::Value = serde_json::from_str(&joined(&msgs, 3))?;
+    assert_eq!(status["status"], "Success", "{status}");
+
+    // Port-forward in channels: the port first on both channels, then data.
+    let target = echo_server().await?;
+    let path = format!("/api/v1/namespaces/default/pods/demo/portforward?ports={target}");
+    let mut ws = api_websocket(&c, &path, "v4.channel.k8s.io").await?;
+    let hello = channel_messages(&mut ws, false, |m| m.len() >= 2).await?;
+    assert_eq!(
+        hello,
+        vec![
+            (0, target.to_le_bytes().to_vec()),
+            (1, target.to_le_bytes().to_vec())
+        ]
+    );
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(b"ping\n");
+    ws.send(Message::Binary(frame.into())).await?;
+    let echoed = channel_messages(&mut ws, false, |m| joined(m, 0).contains('\n')).await?;
+    assert_eq!(joined(&echoed, 0), "echo:ping\n");
+    Ok(())
+}

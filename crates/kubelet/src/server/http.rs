@@ -179,7 +179,9 @@ pub async fn handle(
                 pod: pod.to_string(),
                 uid: rest.first().map(|u| u.to_string()),
             };
-            port_forward(target, &headers, upgrade, streams, sessions, shutdown)
+            port_forward(
+                target, &query, &headers, upgrade, streams, sessions, shutdown,
+            )
         }
         _ => status_response(
             StatusCode::NOT_FOUND,
@@ -480,6 +482,7 @@ async fn remote_command(
 
 fn port_forward(
     target: portforward::Target,
+    q: &Query,
     headers: &HeaderMap,
     upgrade: hyper::upgrade::OnUpgrade,
     streams: Arc<dyn PodStreams>,
@@ -488,27 +491,52 @@ fn port_forward(
 ) -> Response<Body> {
     if ws::is_websocket(headers) {
         let offered = ws::offered_protocols(headers);
-        if !offered.iter().any(|p| p == ws::SPDY_TUNNEL_PROTOCOL) {
-            return bad_request(&format!(
-                "unable to upgrade: port-forward over WebSocket speaks only {:?}, client offered {offered:?}",
-                ws::SPDY_TUNNEL_PROTOCOL
-            ));
+        if offered.iter().any(|p| p == ws::SPDY_TUNNEL_PROTOCOL) {
+            let resp = websocket_accept(headers, ws::SPDY_TUNNEL_PROTOCOL);
+            if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+                return resp;
+            }
+            sessions.spawn(async move {
+                let Some(io) = upgraded(upgrade).await else {
+                    return;
+                };
+                let ws = WebSocketStream::from_raw_socket(io, Role::Server, None).await;
+                tokio::select! {
+                    _ = portforward::serve(ws::WsIo::new(ws), target, streams) => {}
+                    _ = shutdown.cancelled() => {}
+                }
+            });
+            return resp;
         }
-        let resp = websocket_accept(headers, ws::SPDY_TUNNEL_PROTOCOL);
+        // The channel form: ports from the query.
+        let ports = match portforward::parse_ports(&q.all("port"))
+            .or_else(|_| portforward::parse_ports(&q.all("ports")))
+        {
+            Ok(p) => p,
+            Err(m) => return bad_request(&m),
+        };
+        let protocol = match negotiate(&offered, portforward::WEBSOCKET_PROTOCOLS) {
+            Ok(p) => p,
+            Err(m) => return bad_request(&m),
+        };
+        let Some(codec) = ChannelCodec::for_protocol(if protocol.is_empty() {
+            "v4.channel.k8s.io"
+        } else {
+            &protocol
+        }) else {
+            return bad_request("unsupported WebSocket protocol");
+        };
+        let resp = websocket_accept(headers, &protocol);
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             return resp;
         }
         sessions.spawn(async move {
-            let io = match upgrade.await {
-                Ok(u) => TokioIo::new(u),
-                Err(e) => {
-                    tracing::debug!("port-forward upgrade failed: {e}");
-                    return;
-                }
+            let Some(io) = upgraded(upgrade).await else {
+                return;
             };
             let ws = WebSocketStream::from_raw_socket(io, Role::Server, None).await;
             tokio::select! {
-                _ = portforward::serve(ws::WsIo::new(ws), target, streams) => {}
+                _ = portforward::serve_websocket(ws, codec, ports, target, streams) => {}
                 _ = shutdown.cancelled() => {}
             }
         });
@@ -523,12 +551,8 @@ fn port_forward(
     };
     let resp = spdy_accept(&protocol);
     sessions.spawn(async move {
-        let io = match upgrade.await {
-            Ok(u) => TokioIo::new(u),
-            Err(e) => {
-                tracing::debug!("port-forward upgrade failed: {e}");
-                return;
-            }
+        let Some(io) = upgraded(upgrade).await else {
+            return;
         };
         tokio::select! {
             _ = portforward::serve(io, target, streams) => {}
@@ -536,6 +560,17 @@ fn port_forward(
         }
     });
     resp
+}
+
+/// The connection once the 101 is sent.
+async fn upgraded(upgrade: hyper::upgrade::OnUpgrade) -> Option<TokioIo<hyper::upgrade::Upgraded>> {
+    match upgrade.await {
+        Ok(u) => Some(TokioIo::new(u)),
+        Err(e) => {
+            tracing::debug!("upgrade failed: {e}");
+            None
+        }
+    }
 }
 
 #[cfg(test)]

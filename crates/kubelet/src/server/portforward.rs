@@ -1,7 +1,10 @@
 //! Port-forward over SPDY (`portforward.k8s.io`): every forwarded client connection opens an
 //! `error` and a `data` stream sharing a `requestID` and naming the `port`; once both are
 //! there the data stream is joined to a connection into the pod, and failures are written to
-//! the error stream, as upstream's kubelet does.
+//! the error stream, as upstream's kubelet does. Also the older WebSocket form
+//! (`v4.channel.k8s.io`, what the Python client uses): the ports come in the `ports` query
+//! parameter, each gets a data channel (2i) and an error channel (2i+1), and each channel's
+//! first message is the port as a little-endian u16.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,8 +14,174 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
+use futures::{SinkExt, StreamExt};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
 use super::spdy::{self, IncomingStream, StreamWriter};
+use super::ws::ChannelCodec;
 use super::{PodStreams, PortForwardRequest};
+
+/// WebSocket channel protocols port-forward accepts (besides the SPDY tunnel).
+pub const WEBSOCKET_PROTOCOLS: &[&str] = &["v4.channel.k8s.io", "v4.base64.channel.k8s.io"];
+
+/// The `ports` query parameter: one or more values, each a comma-separated list.
+pub fn parse_ports(values: &[String]) -> Result<Vec<u16>, String> {
+    if values.is_empty() {
+        return Err("query parameter \"port\" is required".into());
+    }
+    let mut ports = Vec::new();
+    for v in values {
+        if v.is_empty() {
+            return Err("query parameter \"port\" cannot be empty".into());
+        }
+        for p in v.split(',') {
+            match p.trim().parse::<u16>() {
+                Ok(0) => return Err(format!("port {v:?} must be > 0")),
+                Ok(n) => ports.push(n),
+                Err(e) => return Err(format!("unable to parse {v:?} as a port: {e}")),
+            }
+        }
+    }
+    Ok(ports)
+}
+
+/// Serves port-forward on an accepted channel WebSocket: one pod connection per port, for
+/// as long as the pod side or the client keeps it open.
+pub async fn serve_websocket<S>(
+    ws: WebSocketStream<S>,
+    codec: ChannelCodec,
+    ports: Vec<u16>,
+    target: Target,
+    streams: Arc<dyn PodStreams>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sink, mut source) = ws.split();
+    let (tx, mut rx) = mpsc::channel::<Message>(64);
+    let writer = tokio::spawn(async move {
+        while let Some(m) = rx.recv().await {
+            let last = matches!(m, Message::Close(_));
+            if sink.send(m).await.is_err() || last {
+                break;
+            }
+        }
+        let _ = sink.close().await;
+    });
+    let mut inputs = Vec::new();
+    let mut forwards = tokio::task::JoinSet::new();
+    for (i, port) in ports.iter().enumerate() {
+        let (data_ch, err_ch) = ((2 * i) as u8, (2 * i + 1) as u8);
+        let _ = tx.send(codec.encode(data_ch, &port.to_le_bytes())).await;
+        let _ = tx.send(codec.encode(err_ch, &port.to_le_bytes())).await;
+        let (in_tx, in_rx) = mpsc::channel::<Bytes>(16);
+        inputs.push(in_tx);
+        let req = PortForwardRequest {
+            namespace: target.namespace.clone(),
+            pod: target.pod.clone(),
+            uid: target.uid.clone(),
+            port: *port,
+        };
+        forwards.spawn(forward_channel(
+            streams.clone(),
+            req,
+            codec,
+            (data_ch, err_ch),
+            in_rx,
+            tx.clone(),
+        ));
+    }
+    let reader = async move {
+        while let Some(Ok(msg)) = source.next().await {
+            if matches!(msg, Message::Close(_)) {
+                break;
+            }
+            let Some((channel, data)) = codec.decode(msg) else {
+                continue;
+            };
+            // Only data channels (even) carry client bytes.
+            if channel % 2 == 0
+                && let Some(input) = inputs.get(usize::from(channel / 2))
+            {
+                let _ = input.send(data).await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = reader => {}
+        _ = async { while forwards.join_next().await.is_some() {} } => {
+            let _ = tx
+                .send(Message::Close(Some(CloseFrame {
+                    code: CloseCode::Normal,
+                    reason: "".into(),
+                })))
+                .await;
+        }
+    }
+    forwards.abort_all();
+    drop(tx);
+    let mut writer = writer;
+    if tokio::time::timeout(Duration::from_secs(5), &mut writer)
+        .await
+        .is_err()
+    {
+        writer.abort();
+    }
+}
+
+/// One port of a WebSocket port-forward.
+async fn forward_channel(
+    streams: Arc<dyn PodStreams>,
+    req: PortForwardRequest,
+    codec: ChannelCodec,
+    (data_ch, err_ch): (u8, u8),
+    mut input: mpsc::Receiver<Bytes>,
+    out: mpsc::Sender<Message>,
+) {
+    let port = req.port;
+    let who = format!(
+        "pod {}, uid {}",
+        req.pod,
+        req.uid.clone().unwrap_or_default()
+    );
+    let conn = match streams.port_forward(req).await {
+        Ok(c) => c,
+        Err(e) => {
+            let msg = format!("error forwarding port {port} to {who}: {e}");
+            let _ = out.send(codec.encode(err_ch, msg.as_bytes())).await;
+            return;
+        }
+    };
+    let (mut rd, mut wr) = tokio::io::split(conn);
+    let upstream = async {
+        while let Some(b) = input.recv().await {
+            if wr.write_all(&b).await.is_err() {
+                break;
+            }
+        }
+        let _ = wr.shutdown().await;
+    };
+    let downstream = async {
+        let mut buf = vec![0u8; spdy::MAX_DATA_CHUNK];
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if out.send(codec.encode(data_ch, &buf[..n])).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    };
+    tokio::pin!(downstream);
+    tokio::select! {
+        _ = &mut downstream => {}
+        _ = upstream => downstream.await,
+    }
+}
 
 /// The protocol name in `X-Stream-Protocol-Version`.
 pub const PROTOCOL: &str = "portforward.k8s.io";
@@ -203,4 +372,23 @@ async fn forward(streams: Arc<dyn PodStreams>, req: PortForwardRequest, error: H
     }
     data_out.finish().await;
     error.writer.finish().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_parse_like_upstream() {
+        let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            parse_ports(&v(&["80", "443,8080"])),
+            Ok(vec![80, 443, 8080])
+        );
+        assert!(parse_ports(&[]).is_err());
+        assert!(parse_ports(&v(&[""])).is_err());
+        assert!(parse_ports(&v(&["0"])).is_err());
+        assert!(parse_ports(&v(&["70000"])).is_err());
+        assert!(parse_ports(&v(&["http"])).is_err());
+    }
 }
