@@ -619,6 +619,13 @@ fn resolves_normalized_names_ids_and_digests() {
     }
     let r = s.resolve("reg:5000/team/app:v2").unwrap().unwrap();
     assert_eq!(r.config.cmd, vec!["app"]);
+    let i = s.inspect("reg:5000/team/app:v2").unwrap().unwrap();
+    assert_eq!(i.id, app);
+    assert_eq!(
+        i.repo_digests,
+        vec![format!("reg:5000/team/app@{app_digest}")]
+    );
+    assert!(s.inspect("reg:5000/team/app:v3").unwrap().is_none());
     let r = s.resolve("abcd").unwrap().unwrap();
     assert_eq!(
         (r.config.cmd, r.name),

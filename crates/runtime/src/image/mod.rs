@@ -650,6 +650,13 @@ impl ImageStore {
         Ok(out)
     }
 
+    /// The listing entry of one image, found like [`ImageStore::resolve`] finds it (its
+    /// `repo_digests` are what the kubelet reports as a container's `imageID`).
+    pub fn inspect(&self, reference: &str) -> Result<Option<ImageInfo>> {
+        let idx = self.index()?;
+        Ok(find(&idx, reference)?.map(|(pos, _)| info(&idx.images[pos])))
+    }
+
     pub fn list(&self) -> Result<Vec<ImageInfo>> {
         Ok(self.index()?.images.iter().map(info).collect())
     }
