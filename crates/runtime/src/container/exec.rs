@@ -252,6 +252,8 @@ pub struct ExecProcess {
     pub pty: Option<Pty>,
     control: tokio::net::UnixStream,
     pending: Vec<u8>,
+    /// Set once the exit is known: the pid may be reused after that.
+    exited: bool,
     child: tokio::process::Child,
     id: String,
 }
@@ -268,6 +270,18 @@ impl ExecProcess {
         }
     }
 
+    /// Signals the process (e.g. when an exec probe times out). Until `wait` has returned,
+    /// the pid is still this process: the exec shim reaps it only then.
+    pub fn kill(&self, signal: super::Signal) -> Result<()> {
+        if self.exited {
+            return Ok(());
+        }
+        match nix::sys::signal::kill(Pid::from_raw(self.pid), signal) {
+            Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
+            Err(e) => Err(super::io_err(format!("signalling exec'd pid {}", self.pid))(e.into())),
+        }
+    }
+
     /// Waits for the process to exit: its exit code (128 + n for signal n).
     pub async fn wait(&mut self) -> Result<i32> {
         use tokio::io::AsyncReadExt;
@@ -279,6 +293,7 @@ impl ExecProcess {
             if let Some(reply) = take_line(&mut self.pending) {
                 match serde_json::from_slice::<Reply>(&reply) {
                     Ok(Reply::Exited { code }) => {
+                        self.exited = true;
                         let _ = self.child.wait().await;
                         return Ok(code);
                     }
@@ -428,6 +443,7 @@ pub(crate) async fn spawn(
         pty,
         control,
         pending,
+        exited: false,
         child,
         id: id.to_string(),
     })

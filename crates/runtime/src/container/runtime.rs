@@ -24,6 +24,8 @@ use super::{
     RuntimeKind, ShimCommand, Signal, io_err, rootfs, spec,
 };
 
+/// How long `start` waits for the shim's report (youki normally needs tens of ms).
+const START_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long `remove` waits for a killed container and its shim to go away.
 const REMOVE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -105,13 +107,19 @@ impl Runtime {
         };
         files::write_json(&paths.config(), &cfg)
             .map_err(io_err(format!("writing {}", paths.config().display())))?;
-        let out = tokio::process::Command::new(&self.shim.program)
+        let launch = tokio::process::Command::new(&self.shim.program)
             .args(&self.shim.args)
             .arg("start")
             .arg(&paths.dir)
             .stdin(std::process::Stdio::null())
-            .output()
+            .kill_on_drop(true)
+            .output();
+        let out = tokio::time::timeout(START_TIMEOUT, launch)
             .await
+            .map_err(|_| Error::Shim {
+                id: spec.id.clone(),
+                message: format!("no start report within {} s", START_TIMEOUT.as_secs()),
+            })?
             .map_err(|e| Error::Shim {
                 id: spec.id.clone(),
                 message: format!("running {}: {e}", self.shim.program.display()),
@@ -164,16 +172,18 @@ impl Runtime {
                 continue;
             }
             let paths = Paths::new(entry.path());
-            let cfg = match self.config(&id, &paths) {
-                Ok(c) => c,
-                // Being created or removed right now.
+            // One unreadable directory (being created or removed right now, or damaged) must
+            // not hide the others.
+            let found = self
+                .config(&id, &paths)
+                .and_then(|cfg| Ok((cfg, files::state(&id, &paths)?)));
+            let (cfg, state) = match found {
+                Ok(found) => found,
                 Err(Error::NotFound(_)) => continue,
-                Err(e) => return Err(e),
-            };
-            let state = match files::state(&id, &paths) {
-                Ok(s) => s,
-                Err(Error::NotFound(_)) => continue,
-                Err(e) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(container = %id, error = %e, "skipping unreadable container");
+                    continue;
+                }
             };
             out.push((id, state, cfg.spec.labels));
         }

@@ -200,10 +200,31 @@ pub(crate) fn monitor(dir: &Path, handoff: &str) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
+            // Nobody would drain the container's output or record its exit: stop it and
+            // say why, rather than leave it blocked on a full pipe.
             eprintln!("skiff shim monitor: {e}");
+            give_up(dir, handoff, &e);
             ExitCode::FAILURE
         }
     }
+}
+
+fn give_up(dir: &Path, handoff: &str, why: &str) {
+    let Ok(h) = serde_json::from_str::<Handoff>(handoff) else {
+        return;
+    };
+    let pid = Pid::from_raw(h.pid);
+    let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+    let _ = waitpid(pid, None);
+    let record = ExitRecord {
+        code: files::EXIT_UNKNOWN,
+        signal: Some(Signal::SIGKILL as i32),
+        oom_killed: false,
+        started_at_ns: Some(h.started_at_ns),
+        finished_at_ns: sys::to_unix_nanos(SystemTime::now()),
+        message: format!("the shim could not monitor the container: {why}"),
+    };
+    let _ = files::write_json(&Paths::new(dir).exit(), &record);
 }
 
 struct Shim {

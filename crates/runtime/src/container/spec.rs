@@ -314,14 +314,16 @@ pub(crate) fn oci_config(
         }
     }
 
-    let config = json!({
+    let mut config = json!({
         "ociVersion": "1.0.2",
         "root": {"path": rootfs, "readonly": spec.readonly_rootfs},
-        "hostname": spec.hostname,
         "process": process,
         "mounts": mounts(spec),
         "linux": linux,
     });
+    if !spec.hostname.is_empty() {
+        config["hostname"] = json!(spec.hostname);
+    }
     // oci-spec is what youki reads the file with: catch a mistake here, with this container's
     // id in the message, rather than as a parse error in the shim.
     serde_json::from_value::<oci_spec::runtime::Spec>(config.clone())
