@@ -142,13 +142,17 @@ impl Hierarchies {
         Vec::new()
     }
 
-    /// Removes the cgroup in every hierarchy, then each parent up to `top` that is left empty.
-    /// Retries while the kernel still tears down exiting tasks (EBUSY), up to `deadline`.
-    pub fn remove(&self, cgroup: &str, top: &str, deadline: Duration) -> io::Result<()> {
+    fn mounts(&self) -> Vec<&Path> {
         let mut mounts: Vec<&Path> = self.v1.iter().map(|(m, _)| m.as_path()).collect();
         mounts.extend(self.v2.as_deref());
+        mounts
+    }
+
+    /// Removes the cgroup in every hierarchy, retrying while the kernel still tears down
+    /// exiting tasks (EBUSY), up to `deadline`.
+    pub fn remove(&self, cgroup: &str, deadline: Duration) -> io::Result<()> {
         let until = Instant::now() + deadline;
-        for mount in &mounts {
+        for mount in self.mounts() {
             let dir = join(mount, cgroup);
             loop {
                 match fs::remove_dir(&dir) {
@@ -166,8 +170,12 @@ impl Hierarchies {
                 }
             }
         }
-        // Parents: only the ones below `top` (inclusive), and only when empty; another
-        // container of the same pod keeps them busy, which is fine.
+        Ok(())
+    }
+
+    /// Removes each parent of `cgroup` up to `top` (inclusive) that is empty; a parent another
+    /// container still uses stays. Hold [`lock_tree`] exclusively while calling this.
+    pub fn remove_empty_parents(&self, cgroup: &str, top: &str) -> io::Result<()> {
         let top = top.trim_end_matches('/');
         let mut parent = Path::new(cgroup).parent();
         while let Some(p) = parent {
@@ -175,7 +183,7 @@ impl Hierarchies {
             if s.is_empty() || s == "/" || !(s == top || s.starts_with(&format!("{top}/"))) {
                 break;
             }
-            for mount in &mounts {
+            for mount in self.mounts() {
                 match fs::remove_dir(join(mount, s)) {
                     Ok(()) => {}
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -188,6 +196,32 @@ impl Hierarchies {
         }
         Ok(())
     }
+}
+
+/// Host-wide lock between creating cgroup directories (the OCI runtime's `mkdir -p`, in the
+/// shim: shared) and removing empty parents (`Runtime::remove`: exclusive), so a parent is
+/// never deleted between another container's mkdir of it and of its child.
+const TREE_LOCK: &str = "/run/skiff-cgroups.lock";
+
+pub(crate) struct TreeLock {
+    _lock: nix::fcntl::Flock<fs::File>,
+}
+
+pub(crate) fn lock_tree(exclusive: bool) -> io::Result<TreeLock> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(TREE_LOCK)?;
+    let arg = if exclusive {
+        nix::fcntl::FlockArg::LockExclusive
+    } else {
+        nix::fcntl::FlockArg::LockShared
+    };
+    let lock = nix::fcntl::Flock::lock(file, arg).map_err(|(_, e)| io::Error::from(e))?;
+    Ok(TreeLock { _lock: lock })
 }
 
 fn join(mount: &Path, cgroup: &str) -> PathBuf {

@@ -13,7 +13,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::attach::{self, AttachStream};
-use super::cgroup::Hierarchies;
+use super::cgroup::{self, Hierarchies};
 use super::exec::{self, ExecProcess, ExecSpec};
 use super::files::{self, ContainerConfig, Paths, StartedRecord};
 use super::logs::{self, LogOptions};
@@ -317,12 +317,14 @@ impl Runtime {
             let cgroup = spec::cgroup_path(&cfg.spec);
             let top = top_component(&cfg.spec.cgroup_parent);
             cgroups
-                .remove(
-                    &cgroup,
-                    &top,
-                    deadline.saturating_duration_since(Instant::now()),
-                )
+                .remove(&cgroup, deadline.saturating_duration_since(Instant::now()))
                 .map_err(io_err(format!("removing the cgroup of container {id}")))?;
+            let _lock = cgroup::lock_tree(true).map_err(io_err("locking the cgroup tree"))?;
+            cgroups
+                .remove_empty_parents(&cgroup, &top)
+                .map_err(io_err(format!(
+                    "removing the parent cgroups of container {id}"
+                )))?;
         }
         match fs::remove_dir_all(&paths.dir) {
             Ok(()) => Ok(()),

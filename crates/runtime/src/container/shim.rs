@@ -328,7 +328,15 @@ impl Shim {
             (io, Some(out_r), Some(err_r), stdin_w, None)
         };
 
-        let pid = backend::create_and_start(&cfg.kind, &spec.id, &paths, io)?;
+        // The runtime creates the cgroup and its missing parents; `remove` of another container
+        // must not delete one of those parents in between.
+        let tree = super::cgroup::lock_tree(false);
+        if let Err(e) = &tree {
+            eprintln!("cgroup tree lock: {e}");
+        }
+        let pid = backend::create_and_start(&cfg.kind, &spec.id, &paths, io);
+        drop(tree);
+        let pid = pid?;
         let started_at = SystemTime::now();
         let pid = Pid::from_raw(pid);
         let out = match console {
