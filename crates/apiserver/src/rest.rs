@@ -874,8 +874,14 @@ where
         if pinned.is_some_and(|p| p != kv.mod_revision) {
             return Err(ApiError::modified(&ctx.target(name)));
         }
-        // A deleting object whose last finalizer was removed is gone now.
-        if object::is_deleting(&new) && object::fully_finalized(&new) {
+        // A deleting object whose last finalizer was just removed is gone now (upstream's
+        // ShouldDeleteDuringUpdate); any other update of a deleting object, such as a
+        // kubelet's status report during a pod's grace period, keeps it.
+        if object::is_deleting(&new)
+            && object::fully_finalized(&new)
+            && !object::fully_finalized(&old)
+            && grace_over(&new)
+        {
             if ctx.dry_run() {
                 return Ok((Written::Deleted(new), warnings, false));
             }
@@ -1492,6 +1498,15 @@ pub async fn delete_one(
         }
     }
     Err(ApiError::modified(&ctx.target(name)))
+}
+
+/// Whether a deleting object's grace period no longer holds it: pods in graceful termination
+/// are removed by their kubelet, not by the update that dropped their last finalizer.
+fn grace_over(obj: &Value) -> bool {
+    meta(obj)
+        .and_then(|m| m.get("deletionGracePeriodSeconds"))
+        .and_then(Value::as_i64)
+        .is_none_or(|g| g == 0)
 }
 
 fn graceful_deadline(grace: i64) -> String {

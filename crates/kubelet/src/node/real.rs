@@ -718,6 +718,9 @@ fn session_of_attach(
     let (mut reader, mut writer) = (a.reader, a.writer);
     let (out_w, out_r) = tokio::io::duplex(64 * 1024);
     let (err_w, err_r) = tokio::io::duplex(64 * 1024);
+    // The socket's write half must live as long as the session: dropping it shuts the
+    // connection down for writing, which the shim takes as the client leaving.
+    let (done_tx, mut done_rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
         let (mut out_w, mut err_w) = (out_w, err_w);
         while let Ok(Some((which, data))) = reader.recv().await {
@@ -725,10 +728,13 @@ fn session_of_attach(
                 rt::Output::Stdout => &mut out_w,
                 rt::Output::Stderr => &mut err_w,
             };
-            let _ = w.write_all(&data).await;
+            if w.write_all(&data).await.is_err() {
+                break;
+            }
         }
         let _ = out_w.shutdown().await;
         let _ = err_w.shutdown().await;
+        let _ = done_tx.send(());
     });
     let (in_w, in_r) = tokio::io::duplex(64 * 1024);
     let (size_tx, mut size_rx) = tokio::sync::mpsc::channel::<ks::TerminalSize>(4);
@@ -737,8 +743,10 @@ fn session_of_attach(
         let mut in_r = in_r;
         let mut buf = vec![0u8; 16 * 1024];
         let mut input_open = want_stdin;
+        let mut sizes_open = true;
         loop {
             tokio::select! {
+                _ = &mut done_rx => break,
                 n = in_r.read(&mut buf), if input_open => match n {
                     Ok(0) | Err(_) => {
                         input_open = false;
@@ -746,10 +754,9 @@ fn session_of_attach(
                     }
                     Ok(n) => if writer.write_stdin(&buf[..n]).await.is_err() { input_open = false },
                 },
-                sz = size_rx.recv() => match sz {
+                sz = size_rx.recv(), if sizes_open => match sz {
                     Some(sz) => { let _ = writer.resize(sz.width, sz.height).await; }
-                    None if !input_open => break,
-                    None => {}
+                    None => sizes_open = false,
                 },
             }
         }

@@ -1334,6 +1334,7 @@ impl Worker {
         if let Err(e) = self.shared.net.teardown(&self.uid).await {
             tracing::warn!(pod = %self.name(), "tearing down the pod network: {e}");
         }
+        tracing::debug!(pod = %self.name(), "pod network torn down");
         self.sandbox = None;
         let dir = pod_dir(&self.shared.cfg, &self.uid);
         if let Err(e) = volumes::remove_pod_dir(&dir) {
@@ -1346,6 +1347,7 @@ impl Worker {
 
     /// Deletes the pod object for good (grace 0, this UID only), as upstream's status manager.
     async fn finish_deletion(&self) {
+        tracing::debug!(pod = %self.name(), "finishing the deletion");
         let api: Api<Pod> = Api::namespaced(self.shared.client.clone(), self.namespace());
         let dp = DeleteParams {
             grace_period_seconds: Some(0),
