@@ -73,20 +73,22 @@ impl Pki {
                 }
             };
 
-        let (kubelet_client_cert_pem, kubelet_client_key_pem) =
-            match (read(&paths.kubelet_client_cert)?, read(&paths.kubelet_client_key)?) {
-                (Some(c), Some(k)) => (c, k),
-                _ => {
-                    let (c, k) = issue_client(
-                        &issuer,
-                        "kube-apiserver-kubelet-client",
-                        &["system:masters"],
-                    )?;
-                    write_secret(&paths.kubelet_client_key, &k)?;
-                    write_public(&paths.kubelet_client_cert, &c)?;
-                    (c, k)
-                }
-            };
+        let (kubelet_client_cert_pem, kubelet_client_key_pem) = match (
+            read(&paths.kubelet_client_cert)?,
+            read(&paths.kubelet_client_key)?,
+        ) {
+            (Some(c), Some(k)) => (c, k),
+            _ => {
+                let (c, k) = issue_client(
+                    &issuer,
+                    "kube-apiserver-kubelet-client",
+                    &["system:masters"],
+                )?;
+                write_secret(&paths.kubelet_client_key, &k)?;
+                write_public(&paths.kubelet_client_cert, &c)?;
+                (c, k)
+            }
+        };
 
         // The token names the CA by its hash so an agent can trust what `/cacerts` serves
         // (k3s's format). An existing token keeps its secret: an old plain-hex token becomes
@@ -369,7 +371,10 @@ mod tests {
             x509_parser::pem::parse_x509_pem(a.kubelet_client_cert_pem.as_bytes()).unwrap();
         let cert = pem.parse_x509().unwrap();
         let subject = cert.subject().to_string();
-        assert!(subject.contains("CN=kube-apiserver-kubelet-client"), "{subject}");
+        assert!(
+            subject.contains("CN=kube-apiserver-kubelet-client"),
+            "{subject}"
+        );
         assert!(subject.contains("O=system:masters"), "{subject}");
         assert_eq!(
             a.token,

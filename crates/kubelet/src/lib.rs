@@ -1,10 +1,12 @@
-//! The node agent (kubelet role): joins a cluster with a k3s-style token and, for now, plays
-//! the kubelet for simulated nodes. It is an API client only; it never touches the store.
+//! The node agent (kubelet role): joins a cluster with a k3s-style token, then runs this
+//! machine as a node (`node`: real containers through the `runtime` crate, pod networks through
+//! the `network` crate, the kubelet API in `server`) or plays the kubelet for many simulated
+//! nodes (`simulated`). It is an API client only; it never touches the store.
 
 pub mod join;
+pub mod node;
 pub mod quantity;
 pub mod server;
-pub mod node;
 pub mod simulated;
 
 pub use join::{JoinError, JoinToken, Joined, join};

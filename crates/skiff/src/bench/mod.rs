@@ -10,6 +10,7 @@ use http::{Method, StatusCode};
 use serde_json::json;
 
 mod api;
+mod node;
 mod scheduler;
 
 #[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq, Debug)]
@@ -18,6 +19,8 @@ enum Suite {
     Api,
     /// Scheduler and simulated nodes: pods created through the API until bound and Running.
     Scheduler,
+    /// A real node: busybox pods as real containers, next to runc.
+    Node,
 }
 
 #[derive(clap::Parser, Clone)]
@@ -43,6 +46,9 @@ pub struct BenchArgs {
     /// Pods the server holds at the end of the scheduler benchmark, for the memory figure.
     #[arg(long, default_value_t = 30_000)]
     total_pods: usize,
+    /// Pods started on the real node in the node benchmark.
+    #[arg(long, default_value_t = 100)]
+    node_pods: usize,
     /// Smaller runs, for CI smoke use.
     #[arg(long)]
     quick: bool,
@@ -66,10 +72,11 @@ pub fn run(mut args: BenchArgs) -> Result<()> {
         args.nodes = args.nodes.min(500);
         args.pods = args.pods.min(2_000);
         args.total_pods = args.total_pods.min(3_000);
+        args.node_pods = args.node_pods.min(20);
     }
     args.total_pods = args.total_pods.max(args.pods);
     if args.suites.is_empty() {
-        args.suites = vec![Suite::Api, Suite::Scheduler];
+        args.suites = vec![Suite::Api, Suite::Scheduler, Suite::Node];
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -79,6 +86,7 @@ pub fn run(mut args: BenchArgs) -> Result<()> {
         figures.extend(match suite {
             Suite::Api => rt.block_on(api::bench(&args))?,
             Suite::Scheduler => rt.block_on(scheduler::bench(&args))?,
+            Suite::Node => rt.block_on(node::bench(&args))?,
         });
     }
     println!("{:<44} {:>12}  {:<6} target", "figure", "value", "unit");

@@ -20,7 +20,7 @@ const NS: &str = "bench-sched";
 const LEASE_RENEW: Duration = Duration::from_secs(10);
 
 /// A child process killed when dropped.
-struct Killed(std::process::Child);
+pub(super) struct Killed(pub(super) std::process::Child);
 
 impl Drop for Killed {
     fn drop(&mut self) {
@@ -68,17 +68,17 @@ struct Status {
 
 /// When each pod was created, bound and seen Running, in µs since the benchmark's start
 /// (0: not yet).
-struct Timeline {
+pub(super) struct Timeline {
     start: Instant,
-    created: Vec<AtomicU64>,
+    pub(super) created: Vec<AtomicU64>,
     bound: Vec<AtomicU64>,
-    running: Vec<AtomicU64>,
+    pub(super) running: Vec<AtomicU64>,
     bound_count: AtomicUsize,
-    running_count: AtomicUsize,
+    pub(super) running_count: AtomicUsize,
 }
 
 impl Timeline {
-    fn new(n: usize) -> Self {
+    pub(super) fn new(n: usize) -> Self {
         let v = || (0..n).map(|_| AtomicU64::new(0)).collect();
         Timeline {
             start: Instant::now(),
@@ -122,7 +122,7 @@ impl Timeline {
     }
 
     /// Per-pod latencies from `from` to `to` over `range`, sorted.
-    fn latencies(
+    pub(super) fn latencies(
         &self,
         from: &[AtomicU64],
         to: &[AtomicU64],
@@ -141,7 +141,7 @@ impl Timeline {
         v
     }
 
-    fn last(&self, of: &[AtomicU64], range: std::ops::Range<usize>) -> Duration {
+    pub(super) fn last(&self, of: &[AtomicU64], range: std::ops::Range<usize>) -> Duration {
         Duration::from_micros(
             of[range]
                 .iter()
@@ -152,7 +152,11 @@ impl Timeline {
     }
 }
 
-async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) -> Result<()> {
+pub(super) async fn wait_until(
+    what: &str,
+    timeout: Duration,
+    mut done: impl FnMut() -> bool,
+) -> Result<()> {
     let deadline = Instant::now() + timeout;
     while !done() {
         if Instant::now() > deadline {
@@ -163,7 +167,7 @@ async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> boo
     Ok(())
 }
 
-async fn ready_nodes(c: &Client) -> Result<usize> {
+pub(super) async fn ready_nodes(c: &Client) -> Result<usize> {
     #[derive(Deserialize)]
     struct List {
         items: Vec<Node>,
@@ -202,7 +206,7 @@ async fn ready_nodes(c: &Client) -> Result<usize> {
 }
 
 /// The store's revision now (a namespaced list answers with it).
-async fn current_revision(c: &Client) -> Result<u64> {
+pub(super) async fn current_revision(c: &Client) -> Result<u64> {
     let (_, b) = c
         .request(
             Method::GET,
@@ -219,12 +223,12 @@ async fn current_revision(c: &Client) -> Result<u64> {
 
 /// Follows pod events in the benchmark namespace from `rv` into `tl`. The server ends a watch
 /// that falls too far behind (as upstream does); it is resumed from the last event seen.
-async fn follow(c: Client, mut rv: String, tl: Arc<Timeline>) -> Result<()> {
+pub(super) async fn follow(c: Client, ns: &str, mut rv: String, tl: Arc<Timeline>) -> Result<()> {
     loop {
         let resp = c
             .send(
                 Method::GET,
-                &format!("/api/v1/namespaces/{NS}/pods?watch=true&resourceVersion={rv}&timeoutSeconds=3600"),
+                &format!("/api/v1/namespaces/{ns}/pods?watch=true&resourceVersion={rv}&timeoutSeconds=3600"),
                 None,
                 "application/json",
             )
@@ -261,9 +265,13 @@ async fn follow(c: Client, mut rv: String, tl: Arc<Timeline>) -> Result<()> {
     }
 }
 
-async fn create_pods(
+/// Creates pods `pod-<i>` for `i` in `range` in `ns` over `clients`, each from `body(ns, name)`,
+/// noting creation times in `tl`.
+pub(super) async fn create_pods(
     clients: &[Client],
     tl: &Arc<Timeline>,
+    ns: &'static str,
+    body: fn(&str, &str) -> Vec<u8>,
     range: std::ops::Range<usize>,
 ) -> Result<Duration> {
     let (first, n) = (range.start, range.len());
@@ -276,8 +284,8 @@ async fn create_pods(
             let (s, b) = c
                 .request(
                     Method::POST,
-                    &format!("/api/v1/namespaces/{NS}/pods"),
-                    Some(super::api::pod(NS, &format!("pod-{i}"))),
+                    &format!("/api/v1/namespaces/{ns}/pods"),
+                    Some(body(ns, &format!("pod-{i}"))),
                 )
                 .await?;
             if s != StatusCode::CREATED {
@@ -363,6 +371,7 @@ pub async fn bench(args: &BenchArgs) -> Result<Vec<Figure>> {
     let tl = Arc::new(Timeline::new(args.total_pods));
     let watcher = tokio::spawn(follow(
         Client::connect(&server.kubeconfig, server.port).await?,
+        NS,
         rv,
         tl.clone(),
     ));
@@ -374,7 +383,7 @@ pub async fn bench(args: &BenchArgs) -> Result<Vec<Figure>> {
     // The measured burst.
     let n = args.pods;
     let t0 = Duration::from_micros(tl.now());
-    let create_wall = create_pods(&clients, &tl, 0..n).await?;
+    let create_wall = create_pods(&clients, &tl, NS, super::api::pod, 0..n).await?;
     let timeout = Duration::from_secs(120 + n as u64 / 50);
     wait_until("pods bound", timeout, || {
         watcher.is_finished() || tl.bound_count.load(Ordering::Relaxed) >= n
@@ -439,7 +448,7 @@ pub async fn bench(args: &BenchArgs) -> Result<Vec<Figure>> {
     // Fill the server up and let the Leases turn over before reading its memory.
     let total = args.total_pods;
     if total > n {
-        create_pods(&clients, &tl, n..total).await?;
+        create_pods(&clients, &tl, NS, super::api::pod, n..total).await?;
         wait_until("all pods Running", timeout * 3, || {
             watcher.is_finished() || tl.running_count.load(Ordering::Relaxed) >= total
         })

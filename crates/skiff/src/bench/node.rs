@@ -1,0 +1,303 @@
+//! The node benchmark: a `skiff server` and a real `skiff agent` (this machine as one node)
+//! run busybox pods as real containers. Pod startup latency is measured from create to Running
+//! as a watch sees it, next to `runc run` of the same image measured in the same run; agent and
+//! shim memory are read from /proc.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use apiserver::client::Client;
+use serde_json::json;
+
+use super::scheduler::{
+    Killed, Timeline, create_pods, current_revision, follow, ready_nodes, wait_until,
+};
+use super::{BenchArgs, Figure, make_namespace, ms, percentile, rss_mb, start_server};
+
+const NS: &str = "bench-node";
+
+fn pod(ns: &str, name: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": { "name": name, "namespace": ns },
+        "spec": {
+            "terminationGracePeriodSeconds": 0,
+            "containers": [{
+                "name": "c", "image": "busybox", "imagePullPolicy": "IfNotPresent",
+                "command": ["sleep", "3600"],
+            }],
+        },
+    }))
+    .unwrap_or_default()
+}
+
+/// The busybox test image: `scripts/build-test-images` output, built when missing.
+fn test_image() -> Result<PathBuf> {
+    let out = PathBuf::from(
+        std::env::var_os("SKIFF_TEST_IMAGES").unwrap_or_else(|| "target/test-images".into()),
+    );
+    let tar = out.join("busybox.tar");
+    if !tar.exists() {
+        let status = std::process::Command::new("scripts/build-test-images")
+            .arg(&out)
+            .status()
+            .context("running scripts/build-test-images (run the benchmark from the repository)")?;
+        if !status.success() {
+            bail!("scripts/build-test-images failed");
+        }
+    }
+    Ok(tar)
+}
+
+/// VmRSS of every `skiff shim` process whose command line names `dir`, in MB.
+fn shim_rss(dir: &Path) -> Vec<f64> {
+    let needle = dir.to_string_lossy().into_owned();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmd
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if args.get(1).map(String::as_str) == Some("shim")
+            && args.iter().any(|a| a.contains(&needle))
+            && let Ok(mb) = rss_mb(pid)
+        {
+            out.push(mb);
+        }
+    }
+    out
+}
+
+/// `runc run -d` of the same rootfs: the time from the command to a started container, `n`
+/// times; each container is removed before the next.
+fn runc_runs(layer: &Path, n: usize) -> Result<Vec<Duration>> {
+    let runc = ["/usr/sbin/runc", "/usr/bin/runc"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .context("runc is not installed (apt-get install runc)")?;
+    let dir = tempfile::tempdir()?;
+    let bundle = dir.path().join("bundle");
+    std::fs::create_dir_all(&bundle)?;
+    let st = std::process::Command::new(runc)
+        .arg("spec")
+        .current_dir(&bundle)
+        .status()?;
+    if !st.success() {
+        bail!("runc spec failed");
+    }
+    let cfg_path = bundle.join("config.json");
+    let mut cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(&cfg_path)?)?;
+    cfg["root"] = json!({ "path": layer, "readonly": true });
+    cfg["process"]["args"] = json!(["sleep", "3600"]);
+    cfg["process"]["terminal"] = json!(false);
+    std::fs::write(&cfg_path, serde_json::to_vec(&cfg)?)?;
+    let state = dir.path().join("state");
+    let mut out = Vec::new();
+    for i in 0..n {
+        let id = format!("skiff-bench-{}-{i}", std::process::id());
+        let t = Instant::now();
+        let st = std::process::Command::new(runc)
+            .arg("--root")
+            .arg(&state)
+            .args(["run", "-d", &id])
+            .current_dir(&bundle)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()?;
+        let took = t.elapsed();
+        let _ = std::process::Command::new(runc)
+            .arg("--root")
+            .arg(&state)
+            .args(["delete", "-f", &id])
+            .status();
+        if !st.success() {
+            bail!("runc run failed");
+        }
+        out.push(took);
+    }
+    out.sort();
+    Ok(out)
+}
+
+pub async fn bench(args: &BenchArgs) -> Result<Vec<Figure>> {
+    let mut figs = Vec::new();
+    let mut fig = |name: String, value: f64, unit: &'static str, target: &'static str| {
+        figs.push(Figure {
+            name,
+            value,
+            unit,
+            target,
+        })
+    };
+    let n = args.node_pods;
+    let tar = test_image()?;
+    let (server, _) = start_server(&[]).await?;
+    let agent_dir = server.dir.path().join("node");
+    let exe = std::env::current_exe()?;
+    let st = std::process::Command::new(&exe)
+        .args(["image", "import", "--data-dir"])
+        .arg(&agent_dir)
+        .arg(&tar)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()?;
+    if !st.success() {
+        bail!("importing {} failed", tar.display());
+    }
+    let token = std::fs::read_to_string(server.dir.path().join("server/token"))?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let tag = std::process::id() % 10_000;
+    let agent = Killed(
+        std::process::Command::new(&exe)
+            .args([
+                "agent",
+                "--server",
+                &format!("https://127.0.0.1:{}", server.port),
+            ])
+            .args(["--token", token.trim(), "--data-dir"])
+            .arg(&agent_dir)
+            .args(["--node-name", "bench-node", "--node-ip", "127.0.0.1"])
+            .args(["--kubelet-port", &port.to_string()])
+            .args(["--bridge-name", &format!("skb{tag}")])
+            .args(["--pod-cidr", &format!("10.251.{}.0/24", tag % 250)])
+            .env("SKIFF_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(super::log_file("node-agent")?)
+            .spawn()
+            .context("starting skiff agent")?,
+    );
+    let c0 = Client::connect(&server.kubeconfig, server.port).await?;
+    let started = Instant::now();
+    while ready_nodes(&c0).await? < 1 {
+        if started.elapsed() > Duration::from_secs(60) {
+            bail!("the node did not become Ready");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    fig(
+        "agent RSS, idle".into(),
+        rss_mb(agent.0.id())?,
+        "MB",
+        "< 20 (k3s agent ~275)",
+    );
+
+    make_namespace(&c0, NS).await?;
+    let rv = current_revision(&c0).await?.to_string();
+    let tl = Arc::new(Timeline::new(n));
+    let watcher = tokio::spawn(follow(
+        Client::connect(&server.kubeconfig, server.port).await?,
+        NS,
+        rv,
+        tl.clone(),
+    ));
+    // One client: pods arrive one after another, so each figure is a startup, not a queue.
+    let clients = vec![Client::connect(&server.kubeconfig, server.port).await?];
+    create_pods(&clients, &tl, NS, pod, 0..n).await?;
+    let tl2 = tl.clone();
+    wait_until("every pod Running", Duration::from_secs(300), move || {
+        tl2.running_count.load(Ordering::Relaxed) >= n
+    })
+    .await?;
+    watcher.abort();
+    let lat = tl.latencies(&tl.created, &tl.running, 0..n);
+    fig(
+        format!("pod startup p50 ({n} pods, create→Running)"),
+        ms(percentile(&lat, 0.5)),
+        "ms",
+        "< 100",
+    );
+    fig(
+        format!("pod startup p99 ({n} pods, create→Running)"),
+        ms(percentile(&lat, 0.99)),
+        "ms",
+        "< 250 (SLO 5 s)",
+    );
+    let shims = shim_rss(&agent_dir);
+    let avg = shims.iter().sum::<f64>() / shims.len().max(1) as f64;
+    fig(
+        format!("shim RSS per container (avg of {})", shims.len()),
+        avg,
+        "MB",
+        "< 2",
+    );
+    fig(
+        format!("agent RSS, {n} pods running"),
+        rss_mb(agent.0.id())?,
+        "MB",
+        "",
+    );
+
+    // runc on the same image layer.
+    let layers = agent_dir.join("agent/layers");
+    let layer = std::fs::read_dir(&layers)
+        .with_context(|| format!("reading {}", layers.display()))?
+        .flatten()
+        .map(|e| e.path().join("fs"))
+        .find(|p| p.join("bin/busybox").exists())
+        .context("the busybox layer was not found")?;
+    let runs = runc_runs(&layer, n.min(50))?;
+    fig(
+        format!("runc run -d p50 ({} runs, same image)", runs.len()),
+        ms(percentile(&runs, 0.5)),
+        "ms",
+        "peer",
+    );
+    fig(
+        format!("runc run -d p99 ({} runs, same image)", runs.len()),
+        ms(percentile(&runs, 0.99)),
+        "ms",
+        "peer",
+    );
+
+    // Delete everything and wait until the node has removed it.
+    let (s, b) = c0
+        .request(
+            http::Method::DELETE,
+            &format!("/api/v1/namespaces/{NS}/pods"),
+            None,
+        )
+        .await?;
+    if !s.is_success() {
+        bail!("deleting pods: {s} {}", String::from_utf8_lossy(&b));
+    }
+    let t = Instant::now();
+    loop {
+        let (_, b) = c0
+            .request(
+                http::Method::GET,
+                &format!("/api/v1/namespaces/{NS}/pods"),
+                None,
+            )
+            .await?;
+        let v: serde_json::Value = serde_json::from_slice(&b)?;
+        if v["items"].as_array().is_none_or(|a| a.is_empty()) {
+            break;
+        }
+        if t.elapsed() > Duration::from_secs(120) {
+            bail!("pods were not deleted");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    fig(
+        format!("delete {n} pods until gone"),
+        t.elapsed().as_secs_f64(),
+        "s",
+        "",
+    );
+    drop(agent);
+    // The agent is gone; containers outlive it by design, but these were all deleted.
+    Ok(figs)
+}
