@@ -47,6 +47,9 @@ class Agent:
             "--data-dir", str(data_dir), "--node-name", name, "--node-ip", "127.0.0.1",
             "--kubelet-port", str(free_port()), "--bridge-name", bridge, "--pod-cidr", cidr,
             "--node-lease-duration-seconds", "8",
+            # The tests are about containers: a nearly full disk on the test machine must not
+            # taint the node.
+            "--eviction-hard", "memory.available<10Mi,nodefs.available<1%",
         ]
         self.log = data_dir / "agent.log"
         self.proc = None

@@ -93,6 +93,10 @@ pub struct NodeArgs {
     /// Name of the bridge pods attach to (give each agent on one machine its own).
     #[arg(long, default_value = "skiff0")]
     pub bridge_name: String,
+    /// Hard eviction thresholds: below them the node reports memory or disk pressure (and is
+    /// tainted against new pods), like the kubelet's flag.
+    #[arg(long, default_value = "memory.available<100Mi,nodefs.available<5%", value_parser = eviction_hard)]
+    pub eviction_hard: kubelet::node::pressure::Thresholds,
     /// Run containers with this external runc binary instead of the embedded runtime.
     #[arg(long)]
     pub runc: Option<PathBuf>,
@@ -112,6 +116,7 @@ impl NodeArgs {
         cfg.cluster_domain = self.cluster_domain.clone();
         cfg.pod_cidr = self.pod_cidr.clone();
         cfg.bridge = self.bridge_name.clone();
+        cfg.eviction_hard = self.eviction_hard;
         for l in &self.node_labels {
             let (k, v) = l
                 .split_once('=')
@@ -127,6 +132,10 @@ impl NodeArgs {
             runc: self.runc.clone(),
         })
     }
+}
+
+fn eviction_hard(s: &str) -> Result<kubelet::node::pressure::Thresholds, String> {
+    kubelet::node::pressure::Thresholds::parse(s)
 }
 
 /// `key=value:Effect` or `key:Effect`.

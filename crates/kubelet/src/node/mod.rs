@@ -50,6 +50,8 @@ pub struct NodeConfig {
     pub pod_cidr: String,
     /// Name of the node-local bridge pods attach to.
     pub bridge: String,
+    /// Hard eviction thresholds: below them the node reports pressure.
+    pub eviction_hard: pressure::Thresholds,
     /// Filled from the machine at start: allocatable CPU and memory.
     pub node_cpu_millis: i64,
     pub node_memory_bytes: i64,
@@ -71,6 +73,7 @@ impl NodeConfig {
             cluster_domain: "cluster.local".into(),
             pod_cidr: "10.42.0.0/24".into(),
             bridge: "skiff0".into(),
+            eviction_hard: pressure::Thresholds::default(),
             node_cpu_millis: 0,
             node_memory_bytes: 0,
         }
@@ -95,7 +98,10 @@ pub async fn register(client: &kube::Client, cfg: &mut NodeConfig) -> Result<Reg
         client: client.clone(),
         cfg: Arc::new(cfg.clone()),
         machine: machine.clone(),
-        pressure: Arc::new(pressure::Pressure::new(cfg.agent_dir.clone())),
+        pressure: Arc::new(pressure::Pressure::new(
+            cfg.agent_dir.clone(),
+            cfg.eviction_hard,
+        )),
     };
     let cidr = hb.register().await?;
     Ok(Registered {
@@ -115,7 +121,10 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<()> {
     let cfg = Arc::new(cfg);
-    let pressure = Arc::new(pressure::Pressure::new(cfg.agent_dir.clone()));
+    let pressure = Arc::new(pressure::Pressure::new(
+        cfg.agent_dir.clone(),
+        cfg.eviction_hard,
+    ));
     let hb = Arc::new(heartbeat::Heartbeat {
         client: client.clone(),
         cfg: cfg.clone(),

@@ -1,6 +1,6 @@
-//! Node pressure, measured like upstream's eviction manager with k3s's default hard thresholds:
-//! `memory.available < 100Mi`, `nodefs.available < 5%` (upstream's default is 10%; k3s lowers
-//! it to 5%, and so does skiff), `pid.available < 5%`. The heartbeat reports
+//! Node pressure, measured like upstream's eviction manager with k3s's default hard thresholds
+//! (`--eviction-hard`): `memory.available < 100Mi`, `nodefs.available < 5%` (upstream's default
+//! is 10%; k3s lowers it to 5%, and so does skiff), and `pid.available < 5%`. The heartbeat reports
 //! it as node conditions; the pod manager evicts when memory runs out.
 
 use std::path::PathBuf;
@@ -16,15 +16,72 @@ pub struct Flags {
     pub pid: bool,
 }
 
+/// Hard eviction thresholds (the kubelet's `--eviction-hard`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Thresholds {
+    /// `memory.available` below this many bytes is memory pressure.
+    pub memory_available_bytes: u64,
+    /// `nodefs.available` below this percentage is disk pressure.
+    pub nodefs_available_pct: u8,
+}
+
+impl Default for Thresholds {
+    /// k3s's defaults: `memory.available<100Mi,nodefs.available<5%`.
+    fn default() -> Self {
+        Thresholds {
+            memory_available_bytes: 100 << 20,
+            nodefs_available_pct: 5,
+        }
+    }
+}
+
+impl Thresholds {
+    /// Parses `memory.available<100Mi,nodefs.available<5%` (either part may be left out; the
+    /// default stays for it).
+    pub fn parse(s: &str) -> Result<Thresholds, String> {
+        let mut t = Thresholds::default();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (signal, value) = part
+                .split_once('<')
+                .ok_or_else(|| format!("{part:?}: expected <signal><<quantity>"))?;
+            match signal.trim() {
+                "memory.available" => {
+                    let bytes = crate::quantity::to_millis(value.trim())
+                        .map_err(|e| format!("{part:?}: {e}"))?
+                        / 1000;
+                    t.memory_available_bytes = u64::try_from(bytes)
+                        .map_err(|_| format!("{part:?}: must not be negative"))?;
+                }
+                "nodefs.available" => {
+                    let pct = value
+                        .trim()
+                        .strip_suffix('%')
+                        .and_then(|v| v.parse::<u8>().ok())
+                        .filter(|v| *v <= 100)
+                        .ok_or_else(|| format!("{part:?}: expected a percentage like 5%"))?;
+                    t.nodefs_available_pct = pct;
+                }
+                other => return Err(format!("unsupported eviction signal {other:?}")),
+            }
+        }
+        Ok(t)
+    }
+}
+
 pub struct Pressure {
     data_dir: PathBuf,
+    thresholds: Thresholds,
     tx: watch::Sender<Flags>,
 }
 
 impl Pressure {
-    pub fn new(data_dir: PathBuf) -> Pressure {
+    pub fn new(data_dir: PathBuf, thresholds: Thresholds) -> Pressure {
         let (tx, _) = watch::channel(Flags::default());
-        let p = Pressure { data_dir, tx };
+        let p = Pressure {
+            data_dir,
+            thresholds,
+            tx,
+        };
         p.tx.send_replace(p.measure());
         p
     }
@@ -44,9 +101,13 @@ impl Pressure {
             .find(|l| l.starts_with("MemAvailable:"))
             .and_then(|l| l.split_whitespace().nth(1))
             .and_then(|v| v.parse::<u64>().ok());
-        let memory = available_kb.is_some_and(|kb| kb * 1024 < 100 << 20);
+        let memory =
+            available_kb.is_some_and(|kb| kb * 1024 < self.thresholds.memory_available_bytes);
         let disk = nix::sys::statvfs::statvfs(&self.data_dir)
-            .map(|s| s.blocks_available() * 20 < s.blocks())
+            .map(|s| {
+                s.blocks_available() * 100
+                    < s.blocks() * u64::from(self.thresholds.nodefs_available_pct)
+            })
             .unwrap_or(false);
         let pid_max = std::fs::read_to_string("/proc/sys/kernel/pid_max")
             .ok()
@@ -77,5 +138,21 @@ impl Pressure {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eviction_thresholds() {
+        assert_eq!(Thresholds::parse("").unwrap(), Thresholds::default());
+        let t = Thresholds::parse("memory.available<1Gi, nodefs.available<1%").unwrap();
+        assert_eq!(t.memory_available_bytes, 1 << 30);
+        assert_eq!(t.nodefs_available_pct, 1);
+        assert!(Thresholds::parse("nodefs.available<101%").is_err());
+        assert!(Thresholds::parse("imagefs.available<5%").is_err());
+        assert!(Thresholds::parse("memory.available").is_err());
     }
 }

@@ -172,6 +172,7 @@ pub async fn bench(args: &BenchArgs) -> Result<Vec<Figure>> {
             .args(["--kubelet-port", &port.to_string()])
             .args(["--bridge-name", &format!("skb{tag}")])
             .args(["--pod-cidr", &format!("10.251.{}.0/24", tag % 250)])
+            .args(["--eviction-hard", "nodefs.available<1%"])
             .env("SKIFF_LOG", "warn")
             .stdout(std::process::Stdio::null())
             .stderr(super::log_file("node-agent")?)
