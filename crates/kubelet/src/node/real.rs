@@ -237,7 +237,7 @@ impl Cri for RealCri {
                         "CreateContainerError"
                     };
                     // What was created for it must not linger.
-                    let _ = self.runtime.remove(&req.id);
+                    Cri::remove(self, &req.id);
                     Err(StartError { reason, message })
                 }
             }
@@ -289,7 +289,16 @@ impl Cri for RealCri {
     }
 
     fn remove(&self, id: &str) {
-        if let Err(e) = self.runtime.remove(id) {
+        // Removing waits for the container to die and its cgroup to empty: keep that off the
+        // async workers' backs.
+        let remove = || self.runtime.remove(id);
+        let result = match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(remove)
+            }
+            _ => remove(),
+        };
+        if let Err(e) = result {
             tracing::warn!(container = %id, "removing: {e}");
         }
     }
