@@ -417,3 +417,50 @@ def test_hostile_inputs_are_refused(node):
              .get("state", {}).get("waiting", {}).get("reason") in ("ErrImagePull", "ImagePullBackOff"),
              30, what="ErrImagePull")
     k("delete", "pod", "noimage", "--wait=false")
+
+
+def test_statefulset_keeps_its_volume(node):
+    k = node["kubectl"]
+    apply(k, """\
+        apiVersion: apps/v1
+        kind: StatefulSet
+        metadata: {name: db}
+        spec:
+          serviceName: db
+          replicas: 1
+          selector: {matchLabels: {app: db}}
+          template:
+            metadata: {labels: {app: db}}
+            spec:
+              terminationGracePeriodSeconds: 1
+              containers:
+              - name: c
+                image: busybox
+                imagePullPolicy: IfNotPresent
+                command: ["sh", "-c", "echo boot >> /data/boots; sleep 3600"]
+                volumeMounts: [{name: data, mountPath: /data}]
+          volumeClaimTemplates:
+          - metadata: {name: data}
+            spec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 1Gi}}}
+        """)
+    wait_ready(k, "db-0")
+    assert k("get", "storageclass", "local-path", "-o", "jsonpath={.provisioner}") == "skiff.dev/local-path"
+    pvc = json.loads(k("get", "pvc", "data-db-0", "-o", "json"))
+    assert pvc["status"]["phase"] == "Bound"
+    pv = pvc["spec"]["volumeName"]
+    assert k("exec", "db-0", "--", "cat", "/data/boots") == "boot\n"
+    uid = pod_json(k, "db-0")["metadata"]["uid"]
+    k("delete", "pod", "db-0", "--wait=true")
+    wait_for(lambda: (p := pod_json_opt(k, "db-0")) and p["metadata"]["uid"] != uid and p, 30, what="db-0 re-created")
+    wait_ready(k, "db-0")
+    assert k("exec", "db-0", "--", "cat", "/data/boots") == "boot\nboot\n"
+    # Deleting the claim deletes the volume and its data.
+    k("delete", "statefulset", "db", "--wait=true")
+    wait_for(lambda: pod_json_opt(k, "db-0") is None, 30, what="db-0 gone")
+    k("delete", "pvc", "data-db-0", "--wait=true")
+    wait_for(lambda: k.run("get", "pv", pv, check=False).returncode != 0, 40, interval=1, what="the volume reclaimed")
+
+
+def pod_json_opt(kubectl, name):
+    r = kubectl.run("get", "pod", name, "-o", "json", check=False)
+    return json.loads(r.stdout) if r.returncode == 0 else None

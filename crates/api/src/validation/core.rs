@@ -639,8 +639,8 @@ pub fn validate_pvc(obj: &Value) -> Vec<FieldError> {
     validate_pvc_spec(spec_of(obj), &Path::new("spec"))
 }
 
-/// A claim's spec is frozen after creation, except binding (`volumeName`, once), growing a
-/// bound claim's storage request, and its volume attributes class.
+/// A claim's spec is frozen after creation, except binding (`volumeName`, once), a class for a
+/// claim without one, growing a bound claim's storage request, and its volume attributes class.
 pub fn validate_pvc_update(obj: &Value, old: &Value) -> Vec<FieldError> {
     let (spec, old_spec) = (spec_of(obj), spec_of(old));
     let bound = at(obj, &["status", "phase"]).and_then(Value::as_str) == Some("Bound");
@@ -650,6 +650,14 @@ pub fn validate_pvc_update(obj: &Value, old: &Value) -> Vec<FieldError> {
             m.remove("volumeAttributesClassName");
             if is_old || old_spec.str_of("volumeName").is_empty() {
                 m.remove("volumeName");
+            }
+            // A claim without a class may be given one later (upstream's retroactive default
+            // StorageClass assignment, GA in 1.28).
+            if old_spec
+                .field("storageClassName")
+                .is_none_or(Value::is_null)
+            {
+                m.remove("storageClassName");
             }
             if bound
                 && let Some(req) = m

@@ -14,6 +14,7 @@ pub mod probes;
 pub mod real;
 pub mod spec;
 pub mod status;
+pub mod storage;
 pub mod volumes;
 pub mod worker;
 
@@ -149,6 +150,22 @@ pub async fn run(
         tasks.spawn(async move { pressure.run(Duration::from_secs(10), stop).await });
     }
     tasks.spawn(manager::run(shared, shutdown.clone()));
+    {
+        // The default StorageClass and the reaper of volumes whose claims are gone.
+        let (client, node, stop) = (client.clone(), cfg.node_name.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            if let Err(e) = storage::ensure_class(&client).await {
+                tracing::warn!("creating the local-path StorageClass: {e}");
+            }
+            let mut tick = tokio::time::interval(Duration::from_secs(15));
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => storage::reap(&client, &node).await,
+                }
+            }
+        });
+    }
     while tasks.join_next().await.is_some() {}
     Ok(())
 }

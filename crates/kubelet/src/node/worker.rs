@@ -78,6 +78,8 @@ pub struct Worker {
     sandbox_error: Option<String>,
     volume_error: Option<VolumeError>,
     volumes: HashMap<String, volumes::Prepared>,
+    /// Host directories of the pod's persistent volume claims, once resolved.
+    claims: HashMap<String, PathBuf>,
     start_time: Timestamp,
     transitions: HashMap<&'static str, (bool, Timestamp)>,
     last_patch: Option<Value>,
@@ -124,6 +126,7 @@ impl Worker {
             sandbox_error: None,
             volume_error: None,
             volumes: HashMap::new(),
+            claims: HashMap::new(),
             start_time,
             transitions: HashMap::new(),
             last_patch: None,
@@ -471,7 +474,8 @@ impl Worker {
             }
         }
         let sources = self.fetch_sources().await;
-        if let Err(e) = self.prepare_volumes(&sources) {
+        let claims = self.resolve_claims().await;
+        if let Err(e) = claims.and_then(|()| self.prepare_volumes(&sources)) {
             let msg = match &e {
                 VolumeError::Config(m) | VolumeError::Wait(m) => m.clone(),
             };
@@ -1050,6 +1054,39 @@ impl Worker {
         sources
     }
 
+    /// Finds (provisioning when needed) the host directory of every claim the pod uses.
+    async fn resolve_claims(&mut self) -> Result<(), VolumeError> {
+        let names: Vec<String> = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.volumes.as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|v| {
+                v.persistent_volume_claim
+                    .as_ref()
+                    .map(|c| c.claim_name.clone())
+            })
+            .collect();
+        for name in names {
+            if self.claims.contains_key(&name) {
+                continue;
+            }
+            let cfg = &self.shared.cfg;
+            let path = super::storage::claim_path(
+                &self.shared.client,
+                &cfg.agent_dir.join("storage"),
+                &cfg.node_name,
+                self.namespace(),
+                &name,
+            )
+            .await?;
+            self.claims.insert(name, path);
+        }
+        Ok(())
+    }
+
     /// Makes every volume of the pod exist on the node; writes /etc files of the pod.
     fn prepare_volumes(&mut self, sources: &Sources) -> Result<(), VolumeError> {
         let cfg = self.shared.cfg.clone();
@@ -1094,8 +1131,11 @@ impl Worker {
                     readonly: false,
                 }
             } else if let Some(pvc) = &v.persistent_volume_claim {
-                match self.volumes.get(&v.name) {
-                    Some(p) => p.clone(),
+                match self.claims.get(&pvc.claim_name) {
+                    Some(path) => volumes::Prepared {
+                        path: path.clone(),
+                        readonly: pvc.read_only == Some(true),
+                    },
                     None => {
                         return Err(VolumeError::Wait(format!(
                             "persistentVolumeClaim {:?} is not resolved yet",
