@@ -35,6 +35,10 @@ def build_test_images() -> Path:
     return tar
 
 
+# Unique per run, so that runs on one machine do not share a netns directory.
+NODE = f"node-{os.getpid()}"
+
+
 class Agent:
     """A real `skiff agent` process: this machine as node `name`, on its own bridge and CIDR."""
 
@@ -83,19 +87,26 @@ def node():
         subprocess.run([skiff_bin(), "image", "import", "--data-dir", str(agent_dir), str(tar)],
                        check=True, capture_output=True)
         octet = 100 + os.getpid() % 100
-        a = Agent(s, agent_dir, "node1", f"skt{tag}", f"10.250.{octet}.0/24")
+        bridge = f"skt{tag}"
+        a = Agent(s, agent_dir, NODE, bridge, f"10.250.{octet}.0/24")
         a.start()
         home = d / "home"
         home.mkdir()
         env = dict(os.environ, HOME=str(home), KUBECONFIG=str(s.kubeconfig))
         kubectl = Kubectl(env)
-        wait_for(lambda: re.search(r"node1\s+Ready", kubectl("get", "nodes")), 30, what="node1 Ready")
+        wait_for(lambda: re.search(NODE + r"\s+Ready", kubectl("get", "nodes")), 30, what="the node Ready")
         try:
             yield {"server": s, "agent": a, "kubectl": kubectl, "env": env, "dir": d}
         finally:
             kubectl.run("delete", "pods", "--all", "--wait=true", "--timeout=60s", check=False)
             a.stop()
             s.stop()
+            # Containers outlive the agent by design; with every pod deleted, what remains of
+            # the node on this host is its bridge and its network namespace directory.
+            subprocess.run(["ip", "link", "del", bridge], capture_output=True)
+            netns = Path("/run/skiff") / NODE / "netns"
+            subprocess.run(["umount", str(netns)], capture_output=True)
+            subprocess.run(["rm", "-rf", str(netns.parent)])
 
 
 def pod_json(kubectl, name):
@@ -368,7 +379,7 @@ def test_agent_kill9_keeps_containers_and_deletion_cleans_up(node):
     agent.kill9()
     time.sleep(1)
     agent.start()
-    wait_for(lambda: re.search(r"node1\s+Ready", k("get", "nodes")), 30, what="node1 Ready again")
+    wait_for(lambda: re.search(NODE + r"\s+Ready", k("get", "nodes")), 30, what="the node Ready again")
     time.sleep(2)
     p = wait_ready(k, "survivor")
     assert p["status"]["containerStatuses"][0]["restartCount"] == 0
@@ -384,7 +395,7 @@ def test_agent_kill9_keeps_containers_and_deletion_cleans_up(node):
     assert left == [], "\n".join(left) + (agent.log.read_text()[-3000:])
     leftovers = [str(p) for p in Path("/sys/fs/cgroup").glob(f"*/skiff/pod{uid}")]
     assert leftovers == []
-    assert not list(Path("/run/skiff/node1/netns").glob(f"*{uid}*"))
+    assert not list((Path("/run/skiff") / NODE / "netns").glob(f"*{uid}*"))
 
 
 def test_hostile_inputs_are_refused(node):

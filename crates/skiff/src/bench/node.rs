@@ -18,6 +18,7 @@ use super::scheduler::{
 use super::{BenchArgs, Figure, make_namespace, ms, percentile, rss_mb, start_server};
 
 const NS: &str = "bench-node";
+const NODE_NAME: &str = "bench-node";
 
 fn pod(ns: &str, name: &str) -> Vec<u8> {
     serde_json::to_vec(&json!({
@@ -188,7 +189,7 @@ pub async fn bench(args: &BenchArgs) -> Result<Vec<Figure>> {
             ])
             .args(["--token", token.trim(), "--data-dir"])
             .arg(&agent_dir)
-            .args(["--node-name", "bench-node", "--node-ip", "127.0.0.1"])
+            .args(["--node-name", NODE_NAME, "--node-ip", "127.0.0.1"])
             .args(["--kubelet-port", &port.to_string()])
             .args(["--bridge-name", &format!("skb{tag}")])
             .args(["--pod-cidr", &format!("10.251.{}.0/24", tag % 250)])
@@ -337,6 +338,17 @@ pub async fn bench(args: &BenchArgs) -> Result<Vec<Figure>> {
         "",
     );
     drop(agent);
-    // The agent is gone; containers outlive it by design, but these were all deleted.
+    // Containers outlive the agent by design; with every pod deleted, what remains of the node
+    // on this host is its bridge and its network namespace directory.
+    let _ = std::process::Command::new("ip")
+        .args(["link", "del", &format!("skb{tag}")])
+        .stderr(std::process::Stdio::null())
+        .status();
+    let netns = Path::new("/run/skiff").join(NODE_NAME).join("netns");
+    let _ = std::process::Command::new("umount")
+        .arg(&netns)
+        .stderr(std::process::Stdio::null())
+        .status();
+    let _ = std::fs::remove_dir_all(Path::new("/run/skiff").join(NODE_NAME));
     Ok(figs)
 }
