@@ -37,9 +37,9 @@ impl Heartbeat {
 
     fn labels(&self) -> Value {
         let mut labels = json!({
-            "beta.kubernetes.io/arch": arch(),
+            "beta.kubernetes.io/arch": runtime::image::oci_arch(),
             "beta.kubernetes.io/os": "linux",
-            "kubernetes.io/arch": arch(),
+            "kubernetes.io/arch": runtime::image::oci_arch(),
             "kubernetes.io/hostname": self.cfg.node_name,
             "kubernetes.io/os": "linux",
         });
@@ -203,7 +203,7 @@ impl Heartbeat {
                 "containerRuntimeVersion": concat!("skiff://", env!("CARGO_PKG_VERSION")),
                 "kubeletVersion": KUBELET_VERSION,
                 "operatingSystem": "linux",
-                "architecture": arch(),
+                "architecture": runtime::image::oci_arch(),
             },
         }})
     }
@@ -281,16 +281,5 @@ impl Heartbeat {
         if let Err(e) = self.report_status().await {
             tracing::warn!("{e:#}");
         }
-    }
-}
-
-/// The Go architecture name of this machine, as nodes report it.
-pub(crate) fn arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "x86" => "386",
-        "powerpc64" => "ppc64le",
-        other => other,
     }
 }

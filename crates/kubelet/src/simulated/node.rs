@@ -150,9 +150,9 @@ impl Heart {
     fn node_meta(&self, i: usize) -> (Value, Value) {
         let name = &self.ctx.nodes[i].name;
         let labels = json!({
-            "beta.kubernetes.io/arch": arch(),
+            "beta.kubernetes.io/arch": runtime::image::oci_arch(),
             "beta.kubernetes.io/os": "linux",
-            "kubernetes.io/arch": arch(),
+            "kubernetes.io/arch": runtime::image::oci_arch(),
             "kubernetes.io/hostname": name,
             "kubernetes.io/os": "linux",
             "node.kubernetes.io/instance-type": "skiff-sim",
@@ -228,7 +228,7 @@ impl Heart {
                 "containerRuntimeVersion": RUNTIME_VERSION,
                 "kubeletVersion": KUBELET_VERSION,
                 "operatingSystem": "linux",
-                "architecture": arch(),
+                "architecture": runtime::image::oci_arch(),
             },
         }})
     }
@@ -513,17 +513,6 @@ impl RateLimitedLog {
     }
 }
 
-/// The Go architecture name of this machine, as nodes report it.
-fn arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "x86" => "386",
-        "powerpc64" => "ppc64le",
-        other => other,
-    }
-}
-
 /// Formats 32+ hex digits as a UUID (8-4-4-4-12).
 fn uuid_like(hex: &str) -> String {
     let h = hex.get(..32).unwrap_or(hex);
@@ -549,6 +538,6 @@ mod tests {
         let u = uuid_like(&"ab".repeat(32));
         assert_eq!(u.len(), 36);
         assert_eq!(u.matches('-').count(), 4);
-        assert!(!arch().is_empty());
+        assert!(!runtime::image::oci_arch().is_empty());
     }
 }

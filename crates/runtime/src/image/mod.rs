@@ -19,6 +19,8 @@
 //! an overlay mount visible to this process still uses them as a lower directory.
 
 mod archive;
+/// The Go/OCI name of this machine's architecture (`amd64`, `arm64`), as images and nodes name it.
+pub use archive::oci_arch;
 mod digest;
 mod index;
 mod pull;
