@@ -5,6 +5,7 @@
 
 pub mod join;
 pub mod node;
+mod node_status;
 pub mod quantity;
 pub mod server;
 pub mod simulated;

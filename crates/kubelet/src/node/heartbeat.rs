@@ -18,10 +18,9 @@ use tokio_util::sync::CancellationToken;
 use super::NodeConfig;
 use super::machine::Machine;
 use super::pressure::Pressure;
-use crate::simulated::status::{micro_time, time};
 
 pub const KUBELET_VERSION: &str = "v1.33.0-skiff";
-const LEASE_NAMESPACE: &str = "kube-node-lease";
+use crate::node_status::LEASE_NAMESPACE;
 
 pub(crate) struct Heartbeat {
     pub client: kube::Client,
@@ -83,25 +82,9 @@ impl Heartbeat {
     }
 
     fn status_patch(&self, node: Option<&Node>, now: Timestamp) -> Value {
-        let observed: Vec<(String, String, String)> = node
-            .and_then(|n| n.status.as_ref())
-            .and_then(|s| s.conditions.as_ref())
-            .map(|cs| {
-                cs.iter()
-                    .map(|c| {
-                        let ltt = c
-                            .last_transition_time
-                            .as_ref()
-                            .map(|t| time(t.0))
-                            .unwrap_or_default();
-                        (c.type_.clone(), c.status.clone(), ltt)
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        let now_s = time(now);
+        let observed = node.map(crate::node_status::observed).unwrap_or_default();
         let p = self.pressure.current();
-        let conditions: Vec<Value> = [
+        let wanted = [
             if p.memory {
                 (
                     "MemoryPressure",
@@ -153,19 +136,8 @@ impl Heartbeat {
                 "KubeletReady",
                 "kubelet is posting ready status",
             ),
-        ]
-        .iter()
-        .map(|(ty, status, reason, message)| {
-            let ltt = observed
-                .iter()
-                .find(|(t, s, ltt)| t == ty && s == status && !ltt.is_empty())
-                .map_or_else(|| now_s.clone(), |(_, _, ltt)| ltt.clone());
-            json!({
-                "type": ty, "status": status, "reason": reason, "message": message,
-                "lastHeartbeatTime": now_s, "lastTransitionTime": ltt,
-            })
-        })
-        .collect();
+        ];
+        let conditions = crate::node_status::conditions(&wanted, &observed, now);
         let m = &self.machine;
         let capacity = json!({
             "cpu": m.cpus.to_string(),
@@ -220,38 +192,9 @@ impl Heartbeat {
 
     /// Renews the Lease with one merge patch; creates it, owned by the Node, when missing.
     pub async fn renew_lease(&self, node_uid: &str) -> Result<()> {
-        let name = &self.cfg.node_name;
         let api: Api<Lease> = Api::namespaced(self.client.clone(), LEASE_NAMESPACE);
-        let spec = json!({
-            "holderIdentity": name,
-            "leaseDurationSeconds": self.cfg.lease_duration.as_secs(),
-            "renewTime": micro_time(Timestamp::now()),
-        });
-        let patch = json!({ "spec": spec });
-        match api
-            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
-            Ok(_) => return Ok(()),
-            Err(kube::Error::Api(s)) if s.is_not_found() => {}
-            Err(e) => return Err(e).with_context(|| format!("renewing lease {name}")),
-        }
-        let lease: Lease = serde_json::from_value(json!({
-            "apiVersion": "coordination.k8s.io/v1",
-            "kind": "Lease",
-            "metadata": {
-                "name": name,
-                "namespace": LEASE_NAMESPACE,
-                "ownerReferences": [{ "apiVersion": "v1", "kind": "Node", "name": name, "uid": node_uid }],
-            },
-            "spec": spec,
-        }))
-        .context("building the Lease")?;
-        match api.create(&PostParams::default(), &lease).await {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(s)) if s.is_already_exists() => Ok(()),
-            Err(e) => Err(e).with_context(|| format!("creating lease {name}")),
-        }
+        let seconds = self.cfg.lease_duration.as_secs() as i64;
+        crate::node_status::renew_lease(&api, &self.cfg.node_name, seconds, Some(node_uid)).await
     }
 
     /// Heartbeats until shutdown: the Lease every quarter of its duration, the status every

@@ -25,6 +25,14 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
     let mut workers: JoinSet<String> = JoinSet::new();
     let mut listing: Option<HashSet<String>> = Some(HashSet::new());
     let mut initial_gc_done = false;
+    // Containers a previous run of the agent left, by pod UID: listed once, handed to the
+    // workers of their pods (a new pod's worker has nothing to adopt).
+    let mut existing: HashMap<String, Vec<cri::Listed>> = HashMap::new();
+    for l in shared.cri.list() {
+        if let Some(uid) = l.labels.get(cri::LABEL_POD_UID) {
+            existing.entry(uid.clone()).or_default().push(l);
+        }
+    }
     loop {
         let ev = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -62,9 +70,10 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
                         let (tx, rx) = watch::channel(Some(pod.clone()));
                         pods.insert(uid.clone(), tx);
                         let worker = Worker::new(shared.clone(), pod, rx);
+                        let adopt = existing.remove(&uid).unwrap_or_default();
                         let stop = shutdown.clone();
                         workers.spawn(async move {
-                            worker.run(stop).await;
+                            worker.run(adopt, stop).await;
                             uid
                         });
                     }

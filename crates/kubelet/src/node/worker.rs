@@ -152,11 +152,12 @@ impl Worker {
             .unwrap_or_else(|| "Always".into())
     }
 
-    /// Picks up containers this pod already has (after an agent restart): the newest run of
-    /// each becomes current, the one before it previous; restart counts come from their labels.
-    fn adopt(&mut self) {
+    /// Picks up the containers this pod already has (`existing`, found by the manager when the
+    /// agent started): the newest run of each becomes current, the one before it previous;
+    /// restart counts come from their labels.
+    fn adopt(&mut self, existing: Vec<cri::Listed>) {
         let mut runs: BTreeMap<String, Vec<(i32, cri::Listed)>> = BTreeMap::new();
-        for l in self.shared.cri.list() {
+        for l in existing {
             if l.labels.get(cri::LABEL_POD_UID) != Some(&self.uid) {
                 continue;
             }
@@ -217,8 +218,10 @@ impl Worker {
         }
     }
 
-    pub async fn run(mut self, shutdown: CancellationToken) {
-        self.adopt();
+    /// Runs the pod until it is deleted (or the agent shuts down), first adopting `existing`
+    /// containers of this pod.
+    pub async fn run(mut self, existing: Vec<cri::Listed>, shutdown: CancellationToken) {
+        self.adopt(existing);
         let mut resync = tokio::time::interval(RESYNC);
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

@@ -19,10 +19,9 @@ use serde_json::{Value, json};
 use tokio::sync::{Semaphore, mpsc};
 
 use super::Ctx;
-use super::status::{micro_time, time};
 use crate::join::sha256_hex;
 
-pub(crate) const LEASE_NAMESPACE: &str = "kube-node-lease";
+use crate::node_status::LEASE_NAMESPACE;
 pub const KUBELET_VERSION: &str = "v1.33.0-skiff";
 pub const RUNTIME_VERSION: &str = "skiff-sim://1";
 
@@ -118,23 +117,7 @@ impl Heart {
     }
 
     fn observe(&self, i: usize, node: &Node) {
-        let observed = node
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .map(|cs| {
-                cs.iter()
-                    .map(|c| {
-                        let ltt = c
-                            .last_transition_time
-                            .as_ref()
-                            .map(|t| time(t.0))
-                            .unwrap_or_default();
-                        (c.type_.clone(), c.status.clone(), ltt)
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let observed = crate::node_status::observed(node);
         self.state(i).observed = observed;
     }
 
@@ -181,24 +164,7 @@ impl Heart {
         let n = &self.ctx.nodes[i];
         let o = &self.ctx.opts;
         let observed = self.state(i).observed.clone();
-        let now_s = time(now);
-        let conditions: Vec<Value> = CONDITIONS
-            .iter()
-            .map(|(ty, status, reason, message)| {
-                let ltt = observed
-                    .iter()
-                    .find(|(t, s, ltt)| t == ty && s == status && !ltt.is_empty())
-                    .map_or_else(|| now_s.clone(), |(_, _, ltt)| ltt.clone());
-                json!({
-                    "type": ty,
-                    "status": status,
-                    "reason": reason,
-                    "message": message,
-                    "lastHeartbeatTime": now_s,
-                    "lastTransitionTime": ltt,
-                })
-            })
-            .collect();
+        let conditions = crate::node_status::conditions(&CONDITIONS, &observed, now);
         let resources = json!({
             "cpu": o.cpu,
             "memory": o.memory,
@@ -292,43 +258,14 @@ impl Heart {
     /// when the Node goes) when it does not exist.
     async fn renew_lease(&self, i: usize) -> Result<()> {
         let name = &self.ctx.nodes[i].name;
-        let spec = json!({
-            "holderIdentity": name,
-            "leaseDurationSeconds": self.ctx.opts.lease_duration_seconds,
-            "renewTime": micro_time(Timestamp::now()),
-        });
-        let api = self.leases();
-        match api
-            .patch(
-                name,
-                &PatchParams::default(),
-                &Patch::Merge(&json!({ "spec": spec })),
-            )
-            .await
-        {
-            Ok(_) => return Ok(()),
-            Err(kube::Error::Api(s)) if s.is_not_found() => {}
-            Err(e) => return Err(e).with_context(|| format!("renewing lease {name}")),
-        }
-        let Some(uid) = self.registered(i) else {
-            return Ok(());
-        };
-        let lease: Lease = serde_json::from_value(json!({
-            "apiVersion": "coordination.k8s.io/v1",
-            "kind": "Lease",
-            "metadata": {
-                "name": name,
-                "namespace": LEASE_NAMESPACE,
-                "ownerReferences": [{ "apiVersion": "v1", "kind": "Node", "name": name, "uid": uid }],
-            },
-            "spec": spec,
-        }))
-        .context("building the Lease")?;
-        match api.create(&PostParams::default(), &lease).await {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(s)) if s.is_already_exists() => Ok(()),
-            Err(e) => Err(e).with_context(|| format!("creating lease {name}")),
-        }
+        let uid = self.registered(i);
+        crate::node_status::renew_lease(
+            &self.leases(),
+            name,
+            i64::from(self.ctx.opts.lease_duration_seconds),
+            uid.as_deref(),
+        )
+        .await
     }
 
     fn spawn_lease(self: &Arc<Self>, i: usize) {
