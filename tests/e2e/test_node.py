@@ -81,7 +81,11 @@ def node():
     tag = f"{os.getpid() % 10000}"
     with tempfile.TemporaryDirectory(prefix="skiff-node-") as d:
         d = Path(d)
-        s = Server(d / "server", free_port(), extra_args=["--node-monitor-grace-period", "20s"])
+        s = Server(d / "server", free_port(), extra_args=[
+            "--node-monitor-grace-period", "20s",
+            # test_hpa_on_real_cpu: evaluate often, scale in soon after the load stops.
+            "--hpa-sync-period", "3s", "--hpa-downscale-stabilization", "15s",
+        ])
         s.start()
         agent_dir = d / "agent"
         subprocess.run([skiff_bin(), "image", "import", "--data-dir", str(agent_dir), str(tar)],
@@ -386,6 +390,18 @@ def test_agent_kill9_keeps_containers_and_deletion_cleans_up(node):
     start2 = k("exec", "survivor", "--", "cat", "/proc/1/stat").split()[21]
     assert start1 == start2, "the same process runs after the agent restart"
 
+    # kill -9 of the API server: the node keeps its containers; the restarted server finds the
+    # pod as it was.
+    server = node["server"]
+    server.kill9()
+    time.sleep(1)
+    server.start()
+    wait_for(lambda: re.search(NODE + r"\s+Ready", k("get", "nodes")), 30, what="the node Ready after the server restart")
+    p = wait_ready(k, "survivor")
+    assert p["status"]["containerStatuses"][0]["restartCount"] == 0
+    start3 = k("exec", "survivor", "--", "cat", "/proc/1/stat").split()[21]
+    assert start1 == start3, "the same process runs after the server restart"
+
     k("delete", "pod", "survivor", "--wait=true", "--timeout=60s")
     assert Path("/tmp/skiff-e2e-survivor/prestop").read_text() == "prestop\n"
     assert Path("/tmp/skiff-e2e-survivor/term").read_text() == "got TERM\n"
@@ -475,3 +491,91 @@ def test_statefulset_keeps_its_volume(node):
 def pod_json_opt(kubectl, name):
     r = kubectl.run("get", "pod", name, "-o", "json", check=False)
     return json.loads(r.stdout) if r.returncode == 0 else None
+
+
+def test_exec_interactive_in_a_terminal_and_top(node):
+    """`kubectl exec -it -- sh` driven through tmux, as a user types; `kubectl top`."""
+    k, env = node["kubectl"], node["env"]
+    k("run", "tty", "--image=busybox", "--image-pull-policy=IfNotPresent", "--", "sleep", "3600")
+    wait_ready(k, "tty")
+    session = f"skiff-e2e-{os.getpid()}"
+    cmd = ["env", f"HOME={env['HOME']}", f"KUBECONFIG={env['KUBECONFIG']}",
+           "kubectl", "exec", "-it", "tty", "--", "sh"]
+    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "120", "-y", "40", *cmd],
+                   check=True)
+    try:
+        def screen():
+            return subprocess.run(["tmux", "capture-pane", "-p", "-t", session],
+                                  capture_output=True, text=True).stdout
+        wait_for(lambda: "#" in screen(), 20, what="a shell prompt")
+        # The shell sees a terminal of the pane's size and runs what is typed.
+        subprocess.run(["tmux", "send-keys", "-t", session,
+                        "tty; stty size; echo typed-$((6*7))", "Enter"], check=True)
+        out = wait_for(lambda: "typed-42" in screen() and screen(), 20, what="the command's output")
+        assert "/dev/pts/" in out, out
+        assert "40 120" in out, out
+        # Resizing the pane reaches the container's terminal.
+        subprocess.run(["tmux", "resize-window", "-t", session, "-x", "100", "-y", "30"], check=True)
+        time.sleep(0.5)
+        subprocess.run(["tmux", "send-keys", "-t", session, "clear; stty size", "Enter"], check=True)
+        wait_for(lambda: "30 100" in screen(), 20, what="the new terminal size")
+        subprocess.run(["tmux", "send-keys", "-t", session, "exit 3", "Enter"], check=True)
+        wait_for(lambda: subprocess.run(["tmux", "has-session", "-t", session],
+                                        capture_output=True).returncode != 0,
+                 20, what="kubectl exec to end with the shell")
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+
+    # kubectl top: CPU and memory of the pod and the node, measured from cgroups and /proc.
+    def top_pod():
+        r = k.run("top", "pod", "tty", "--no-headers", check=False)
+        return r.returncode == 0 and r.stdout
+    line = wait_for(top_pod, 60, interval=2, what="kubectl top pod")
+    name, cpu, mem = line.split()
+    assert name == "tty" and re.fullmatch(r"\d+m", cpu) and re.fullmatch(r"\d+Mi", mem), line
+    r = k.run("top", "node", "--no-headers", check=False)
+    cols = r.stdout.split()
+    assert r.returncode == 0 and cols[0] == NODE and re.fullmatch(r"\d+m", cols[1]), r.stdout
+    k("delete", "pod", "tty", "--wait=false", "--grace-period=1")
+
+
+def test_hpa_on_real_cpu(node):
+    """`kubectl autoscale` scales a deployment out while its containers burn CPU, and back in
+    once they stop (the fixture shortens the HPA's sync period and downscale window)."""
+    k = node["kubectl"]
+    apply(k, """\
+        apiVersion: apps/v1
+        kind: Deployment
+        metadata: {name: burn}
+        spec:
+          replicas: 1
+          selector: {matchLabels: {app: burn}}
+          template:
+            metadata: {labels: {app: burn}}
+            spec:
+              terminationGracePeriodSeconds: 1
+              containers:
+              - name: c
+                image: busybox
+                imagePullPolicy: IfNotPresent
+                # Burn CPU for 45 s after start, then idle.
+                command: ["sh", "-c", "end=$(($(date +%s)+45)); while [ $(date +%s) -lt $end ]; do :; done; exec sleep 3600"]
+                resources: {requests: {cpu: 100m}, limits: {cpu: 300m}}
+        """)
+    k("rollout", "status", "deployment/burn", "--timeout=60s")
+    k("autoscale", "deployment", "burn", "--cpu-percent=50", "--min=1", "--max=3")
+
+    def replicas():
+        return json.loads(k("get", "hpa", "burn", "-o", "json")).get("status", {})
+    st = wait_for(lambda: (s := replicas()).get("desiredReplicas", 0) >= 2 and s, 90, interval=1,
+                  what="the HPA to scale out")
+    util = st["currentMetrics"][0]["resource"]["current"]["averageUtilization"]
+    assert util > 50, st
+    wait_for(lambda: json.loads(k("get", "deploy", "burn", "-o", "json"))["status"].get("readyReplicas", 0) >= 2,
+             60, what="the new replicas ready")
+    # Every replica stops burning 45 s after its start; then the HPA scales back in.
+    wait_for(lambda: replicas().get("desiredReplicas") == 1
+             and json.loads(k("get", "deploy", "burn", "-o", "json"))["spec"]["replicas"] == 1,
+             180, interval=2, what="the HPA to scale back in")
+    k("delete", "hpa", "burn")
+    k("delete", "deployment", "burn", "--wait=false")
