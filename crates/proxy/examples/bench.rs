@@ -14,8 +14,11 @@ fn parse() -> Result<(bench::Options, bool)> {
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = |name: &str| -> Result<usize> {
-            let v = args.next().with_context(|| format!("{name} needs a value"))?;
-            v.parse().with_context(|| format!("{name}: not a number: {v:?}"))
+            let v = args
+                .next()
+                .with_context(|| format!("{name} needs a value"))?;
+            v.parse()
+                .with_context(|| format!("{name}: not a number: {v:?}"))
         };
         match a.as_str() {
             "--services" => opts.services = value("--services")?,

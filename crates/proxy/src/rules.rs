@@ -16,7 +16,8 @@
 //!   the cluster-wide chain as upstream does.
 //! - `ep-*` marks hairpin traffic (a pod reaching itself) for masquerade and DNATs.
 //! - Services without usable endpoints are in `no-endpoint-services`/`no-endpoint-nodeports`,
-//!   checked before NAT for new connections: `reject` when there are no endpoints at all, `drop`
+//!   checked before NAT for new connections: rejected (TCP reset, ICMP port unreachable for
+//!   other protocols) when there are no endpoints at all, `drop`
 //!   when a Local policy has none on this node (upstream's choice: a load balancer's health
 //!   check steers away from such nodes).
 //! - `nat-postrouting` masquerades only packets carrying the mark bit, and clears it.
@@ -326,7 +327,17 @@ fn skeleton(settings: &Settings) -> String {
         );
     }
     let chains: &[(&str, Option<&str>, &[String])] = &[
-        (REJECT_CHAIN, None, &["reject".into()]),
+        // A TCP reset rather than an ICMP error for TCP: an ICMP error arriving while the
+        // connecting socket is still locked by connect() (same host, veth) is dropped, and
+        // the client would only fail a second later on the SYN's retransmission.
+        (
+            REJECT_CHAIN,
+            None,
+            &[
+                "meta l4proto tcp reject with tcp reset".into(),
+                "reject".into(),
+            ],
+        ),
         (
             MARK_CHAIN,
             None,
