@@ -104,7 +104,12 @@ fn matches(answer: &Message, query: &Query, id: u16) -> bool {
         }
 }
 
-async fn ask_udp(upstream: SocketAddr, bytes: &[u8], query: &Query, id: u16) -> Result<Message, String> {
+async fn ask_udp(
+    upstream: SocketAddr,
+    bytes: &[u8],
+    query: &Query,
+    id: u16,
+) -> Result<Message, String> {
     let local: SocketAddr = match upstream {
         SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
         SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
@@ -117,7 +122,10 @@ async fn ask_udp(upstream: SocketAddr, bytes: &[u8], query: &Query, id: u16) -> 
         .connect(upstream)
         .await
         .map_err(|e| format!("connecting: {e}"))?;
-    socket.send(bytes).await.map_err(|e| format!("sending: {e}"))?;
+    socket
+        .send(bytes)
+        .await
+        .map_err(|e| format!("sending: {e}"))?;
     let deadline = tokio::time::Instant::now() + UPSTREAM_TIMEOUT;
     let mut buf = vec![0u8; 65535];
     loop {
@@ -134,7 +142,12 @@ async fn ask_udp(upstream: SocketAddr, bytes: &[u8], query: &Query, id: u16) -> 
     }
 }
 
-async fn ask_tcp(upstream: SocketAddr, bytes: &[u8], query: &Query, id: u16) -> Result<Message, String> {
+async fn ask_tcp(
+    upstream: SocketAddr,
+    bytes: &[u8],
+    query: &Query,
+    id: u16,
+) -> Result<Message, String> {
     let exchange = async {
         let mut stream = TcpStream::connect(upstream)
             .await

@@ -49,7 +49,7 @@ pub enum Lookup {
     },
     /// The name is an alias (an ExternalName Service): its CNAME, whose target a resolver may
     /// follow for the asked type.
-    Alias { cname: Record, target: Name },
+    Alias { cname: Box<Record>, target: Name },
     /// Under the cluster zone, but no such name.
     NxDomain,
     /// Neither under the cluster zone nor a known address's reverse name: another server's
@@ -227,7 +227,10 @@ impl Index {
         };
         for ep in &parsed.endpoints {
             for ip in &ep.addresses {
-                self.endpoint_ips.entry(*ip).or_default().insert(key.clone());
+                self.endpoint_ips
+                    .entry(*ip)
+                    .or_default()
+                    .insert(key.clone());
             }
         }
         self.slices_of
@@ -346,7 +349,11 @@ impl Index {
         match &svc.kind {
             Kind::Nothing => Lookup::NxDomain,
             Kind::ExternalName(target) => Lookup::Alias {
-                cname: Record::from_rdata(name.clone(), self.ttl, RData::CNAME(CNAME(target.clone()))),
+                cname: Box::new(Record::from_rdata(
+                    name.clone(),
+                    self.ttl,
+                    RData::CNAME(CNAME(target.clone())),
+                )),
                 target: target.clone(),
             },
             Kind::ClusterIp(ips) => match qtype {
@@ -743,13 +750,14 @@ fn reverse_address(name: &Name) -> Option<IpAddr> {
     let labels: Vec<&[u8]> = name.iter().collect();
     let lower = |l: &[u8]| l.to_ascii_lowercase();
     match labels.as_slice() {
-        [d, c, b, a, in_addr, arpa]
-            if lower(in_addr) == b"in-addr" && lower(arpa) == b"arpa" =>
-        {
+        [d, c, b, a, in_addr, arpa] if lower(in_addr) == b"in-addr" && lower(arpa) == b"arpa" => {
             let octet = |l: &[u8]| -> Option<u8> {
                 let s = std::str::from_utf8(l).ok()?;
                 // One canonical spelling per address: no leading zeros, no sign.
-                if s.is_empty() || (s.len() > 1 && s.starts_with('0')) || !s.bytes().all(|c| c.is_ascii_digit()) {
+                if s.is_empty()
+                    || (s.len() > 1 && s.starts_with('0'))
+                    || !s.bytes().all(|c| c.is_ascii_digit())
+                {
                     return None;
                 }
                 s.parse().ok()

@@ -146,12 +146,11 @@ pub async fn start(
     if cfg.listen.is_empty() {
         return Err(Error::NoListenAddress);
     }
-    let zone = Name::from_ascii(cfg.domain.trim_end_matches('.')).map_err(|source| {
-        Error::Domain {
+    let zone =
+        Name::from_ascii(cfg.domain.trim_end_matches('.')).map_err(|source| Error::Domain {
             domain: cfg.domain.clone(),
             source,
-        }
-    })?;
+        })?;
     let mut sockets = Vec::with_capacity(cfg.listen.len());
     for addr in &cfg.listen {
         sockets.push(bind(*addr).await?);

@@ -51,7 +51,9 @@ impl Answer {
 }
 
 fn read(index: &RwLock<Index>) -> std::sync::RwLockReadGuard<'_, Index> {
-    index.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    index
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Handler {
@@ -122,7 +124,7 @@ impl Handler {
     /// follows the CNAME itself).
     async fn follow(
         &self,
-        cname: Record,
+        cname: Box<Record>,
         mut target: Name,
         qtype: RecordType,
         qclass: DNSClass,
@@ -130,7 +132,7 @@ impl Handler {
         let mut answer = Answer {
             code: ResponseCode::NoError,
             authoritative: true,
-            answers: vec![cname],
+            answers: vec![*cname],
             authorities: Vec::new(),
             additionals: Vec::new(),
         };
@@ -145,8 +147,11 @@ impl Handler {
                     answer.answers.extend(answers);
                     return answer;
                 }
-                Lookup::Alias { cname, target: next } => {
-                    answer.answers.push(cname);
+                Lookup::Alias {
+                    cname,
+                    target: next,
+                } => {
+                    answer.answers.push(*cname);
                     if seen.contains(&next) {
                         return answer;
                     }
@@ -228,7 +233,11 @@ impl RequestHandler for Handler {
             let query = &request.queries.queries()[0];
             let original = query.original();
             let answer = self
-                .answer(original.name(), original.query_type(), original.query_class())
+                .answer(
+                    original.name(),
+                    original.query_type(),
+                    original.query_class(),
+                )
                 .await;
             (&request.queries, answer)
         };

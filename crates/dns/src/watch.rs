@@ -59,16 +59,34 @@ pub(crate) fn start(
 ) {
     let informers = Informers::default();
     feed::<Namespace>(
-        &informers, client, index, sync, tracker, shutdown,
-        Index::apply_namespace, Index::delete_namespace,
+        &informers,
+        client,
+        index,
+        sync,
+        tracker,
+        shutdown,
+        Index::apply_namespace,
+        Index::delete_namespace,
     );
     feed::<Service>(
-        &informers, client, index, sync, tracker, shutdown,
-        Index::apply_service, Index::delete_service,
+        &informers,
+        client,
+        index,
+        sync,
+        tracker,
+        shutdown,
+        Index::apply_service,
+        Index::delete_service,
     );
     feed::<EndpointSlice>(
-        &informers, client, index, sync, tracker, shutdown,
-        Index::apply_slice, Index::delete_slice,
+        &informers,
+        client,
+        index,
+        sync,
+        tracker,
+        shutdown,
+        Index::apply_slice,
+        Index::delete_slice,
     );
 }
 
@@ -95,7 +113,9 @@ fn feed<K>(
                 _ = shutdown.cancelled() => return,
                 c = changes.next() => match c { Some(c) => c, None => return },
             };
-            let mut index = index.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut index = index
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             match &change {
                 // Objects missing from a relist arrive as deletions before `InitDone`.
                 Change::Init => {}
