@@ -5,8 +5,8 @@
 //! # Where packets are seen
 //! Local pods are veths on the node bridge. Pods of one node talk *bridged*; traffic from other
 //! nodes and to Service ClusterIPs is *routed* through the node's namespace (the service proxy
-//! DNATs ClusterIPs in prerouting). Measured on this project's kernel (6.18, see the crate's
-//! tests and `ARCHITECTURE.md`):
+//! DNATs ClusterIPs in prerouting). Measured on this project's kernel (6.18.44, `/proc/config.gz`
+//! and probes in scratch namespaces; the `enforce` tests depend on the first point):
 //!
 //! - `CONFIG_BRIDGE_NETFILTER=y`: br_netfilter is built in, and in every network namespace
 //!   `net.bridge.bridge-nf-call-iptables` starts at 1. Bridged IPv4 frames therefore also pass
@@ -49,6 +49,7 @@
 //! bridge is not filtered), `hostNetwork` pods (policies never apply to them), and logging of
 //! dropped packets.
 
+pub mod metrics;
 pub mod model;
 pub mod nft;
 pub mod ruleset;
@@ -56,9 +57,11 @@ mod selector;
 pub mod sync;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
+pub use metrics::{Metrics, Snapshot, Summary};
 pub use model::{Model, compute};
 pub use ruleset::Ruleset;
 
@@ -85,7 +88,7 @@ pub enum Error {
 }
 
 /// What the enforcer of one node needs to know.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct Config {
     /// This node's name: pods with this `spec.nodeName` are the ones to protect.
     pub node_name: String,
@@ -95,6 +98,8 @@ pub struct Config {
     pub table: String,
     /// The node's network namespace, where `nft` runs; `None` is the caller's own.
     pub netns: Option<PathBuf>,
+    /// Where update latencies and transaction times are recorded.
+    pub metrics: Arc<Metrics>,
 }
 
 impl Config {
@@ -105,6 +110,7 @@ impl Config {
             bridge: "skiff0".to_owned(),
             table: "skiff-netpol".to_owned(),
             netns: None,
+            metrics: Arc::default(),
         }
     }
 

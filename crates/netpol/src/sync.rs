@@ -220,6 +220,7 @@ pub(crate) async fn run_loop<B: Backend>(
             }
             _ = sleep_until(due), if due.is_some() => {
                 let since = pending.take().unwrap_or_else(Instant::now);
+                let started = Instant::now();
                 let desired = caches.desired(&cfg).await?;
                 let size = desired.size();
                 match syncer.apply(desired).await {
@@ -227,6 +228,9 @@ pub(crate) async fn run_loop<B: Backend>(
                         retry_at = None;
                         backoff = BACKOFF_MIN;
                         let latency = since.elapsed();
+                        if let Outcome::Applied { full, .. } = outcome {
+                            cfg.metrics.applied(full, latency, started.elapsed(), size);
+                        }
                         if first {
                             info!(table = %cfg.table, elements = size.0, rules = size.1, ?latency, "NetworkPolicy rules in place");
                             first = false;
@@ -235,6 +239,7 @@ pub(crate) async fn run_loop<B: Backend>(
                         }
                     }
                     Err(e) => {
+                        cfg.metrics.failed();
                         warn!(table = %cfg.table, error = %e, retry_in = ?backoff, "applying NetworkPolicy rules failed");
                         pending = Some(since);
                         retry_at = Some(Instant::now() + backoff);
