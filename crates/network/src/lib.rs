@@ -50,6 +50,7 @@
 pub mod ipam;
 pub mod netlink;
 pub mod netns;
+pub mod node;
 mod pod;
 pub mod store;
 

@@ -12,10 +12,15 @@ use std::path::{Path, PathBuf};
 
 use futures::TryStreamExt;
 use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol,
+};
 use rtnetlink::packet_route::link::{
     InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
-use rtnetlink::{LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::{
+    LinkBridge, LinkDummy, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
+};
 use tokio::task::JoinHandle;
 
 use crate::netns;
@@ -186,6 +191,17 @@ impl Netlink {
             .map_err(|e| self.err(format!("creating bridge {name}"), e))
     }
 
+    /// Creates a dummy link (a place for addresses the node answers on itself).
+    pub async fn add_dummy(&self, name: &str) -> Result<()> {
+        let msg = LinkDummy::new(name).build();
+        self.handle
+            .link()
+            .add(msg)
+            .execute()
+            .await
+            .map_err(|e| self.err(format!("creating dummy link {name}"), e))
+    }
+
     /// Creates a veth pair: `name` here, `peer` in the namespace open at `peer_netns`, both with
     /// `mtu`.
     pub async fn add_veth(
@@ -323,6 +339,96 @@ impl Netlink {
     }
 }
 
+/// The protocol number skiff tags its routes to other nodes' pod CIDRs with (`ip route` shows
+/// `proto 83`), so that reconciling them never touches a route someone else made.
+pub const ROUTE_PROTOCOL: u8 = 83;
+
+/// A route to a subnet via a gateway, as [`Netlink::skiff_routes`] lists them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Route {
+    pub destination: Ipv4Addr,
+    pub prefix_len: u8,
+    pub gateway: Ipv4Addr,
+}
+
+impl Netlink {
+    /// The IPv4 routes of the main table tagged [`ROUTE_PROTOCOL`].
+    pub async fn skiff_routes(&self) -> Result<Vec<Route>> {
+        let dump = RouteMessageBuilder::<Ipv4Addr>::new().build();
+        let msgs: Vec<RouteMessage> = self
+            .handle
+            .route()
+            .get(dump)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| self.err("listing routes", e))?;
+        Ok(msgs
+            .iter()
+            .filter(|m| {
+                m.header.table == RouteHeader::RT_TABLE_MAIN
+                    && m.header.protocol == RouteProtocol::Other(ROUTE_PROTOCOL)
+            })
+            .filter_map(|m| {
+                let mut destination = Ipv4Addr::UNSPECIFIED;
+                let mut gateway = None;
+                for a in &m.attributes {
+                    match a {
+                        RouteAttribute::Destination(RouteAddress::Inet(ip)) => destination = *ip,
+                        RouteAttribute::Gateway(RouteAddress::Inet(ip)) => gateway = Some(*ip),
+                        _ => {}
+                    }
+                }
+                Some(Route {
+                    destination,
+                    prefix_len: m.header.destination_prefix_length,
+                    gateway: gateway?,
+                })
+            })
+            .collect())
+    }
+
+    fn route_message(r: &Route) -> RouteMessage {
+        RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(r.destination, r.prefix_len)
+            .gateway(r.gateway)
+            .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
+            .build()
+    }
+
+    /// Adds (or replaces) the route `r`, tagged [`ROUTE_PROTOCOL`].
+    pub async fn replace_route(&self, r: &Route) -> Result<()> {
+        self.handle
+            .route()
+            .add(Self::route_message(r))
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| {
+                let what = format!(
+                    "adding the route to {}/{} via {}",
+                    r.destination, r.prefix_len, r.gateway
+                );
+                self.err(what, e)
+            })
+    }
+
+    /// Deletes the route `r`; a route already gone is not an error.
+    pub async fn delete_route(&self, r: &Route) -> Result<()> {
+        match self.handle.route().del(Self::route_message(r)).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if errno(&e) == Some(ESRCH) => Ok(()),
+            Err(e) => {
+                let what = format!(
+                    "deleting the route to {}/{} via {}",
+                    r.destination, r.prefix_len, r.gateway
+                );
+                Err(self.err(what, e))
+            }
+        }
+    }
+}
+
 fn errno(e: &rtnetlink::Error) -> Option<i32> {
     match e {
         rtnetlink::Error::NetlinkError(msg) => Some(msg.raw_code().abs()),
@@ -332,3 +438,4 @@ fn errno(e: &rtnetlink::Error) -> Option<i32> {
 
 const ENODEV: i32 = nix::errno::Errno::ENODEV as i32;
 const EADDRNOTAVAIL: i32 = nix::errno::Errno::EADDRNOTAVAIL as i32;
+const ESRCH: i32 = nix::errno::Errno::ESRCH as i32;

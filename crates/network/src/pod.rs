@@ -421,13 +421,16 @@ impl PodNetwork {
             up: true,
         };
         self.node.set_link(&bridge, up).await?;
-        // The bridge's IPv4 addresses are exactly the gateway: an address from an earlier pod
-        // CIDR would leave a stale connected route behind.
+        // The bridge's subnet addresses are exactly the gateway: an address from an earlier
+        // pod CIDR would leave a stale connected route behind. Host addresses (/32, like the
+        // cluster DNS address the node answers on) make no such route and stay.
         let prefix_len = self.cfg.subnet.prefix_len();
         let mut present = false;
         for (ip, len) in self.node.ipv4_addresses(&bridge).await? {
             if (ip, len) == (self.gateway, prefix_len) {
                 present = true;
+            } else if len == 32 {
+                continue;
             } else {
                 warn!(bridge = %name, address = %format!("{ip}/{len}"), "removing a stale bridge address");
                 self.node.delete_address(&bridge, ip, len).await?;
