@@ -103,11 +103,38 @@ pub struct IpRange {
 pub enum Peers {
     Any,
     Only {
-        /// The addresses of the pods the rule's selector peers pick; `None` when it has none.
-        pods: Option<BTreeSet<Ipv4Addr>>,
+        /// The rule's selector peers; the pods each picks are in [`Model::peer_sets`].
+        selectors: BTreeSet<PeerSelector>,
         /// Its `ipBlock` peers, merged into disjoint ranges; `None` when it has none.
         blocks: Option<Vec<IpRange>>,
     },
+}
+
+/// A selector peer in canonical form, so that every rule using the same selector shares one
+/// set of addresses (and a pod's change touches each such set once).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PeerSelector {
+    /// Where the pods are looked for.
+    pub scope: Scope,
+    /// The `podSelector` in selector syntax (`app=web,tier in (a,b)`); empty selects all.
+    pub pods: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Scope {
+    /// The policy's own namespace (a peer without `namespaceSelector`).
+    Namespace(String),
+    /// The namespaces whose labels match this selector (empty: all).
+    Namespaces(String),
+}
+
+impl fmt::Display for PeerSelector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.scope {
+            Scope::Namespace(ns) => write!(f, "pods({}) in {ns}", self.pods),
+            Scope::Namespaces(sel) => write!(f, "pods({}) in namespaces({sel})", self.pods),
+        }
+    }
 }
 
 /// Which destination ports a rule allows.
@@ -152,6 +179,8 @@ pub struct Model {
     /// Local pods isolated for egress.
     pub egress: BTreeMap<Ipv4Addr, BTreeSet<PolicyRef>>,
     pub policies: BTreeMap<PolicyRef, PolicyRules>,
+    /// The addresses of the pods each selector peer in `policies` picks.
+    pub peer_sets: BTreeMap<PeerSelector, BTreeSet<Ipv4Addr>>,
 }
 
 impl Model {
@@ -337,7 +366,15 @@ where
                 .map(|r| {
                     let peers = r.from.as_deref().unwrap_or_default();
                     let ports = r.ports.as_deref().unwrap_or_default();
-                    compile_rule(&cluster, &key, Direction::Ingress, peers, ports, &targets)
+                    compile_rule(
+                        &cluster,
+                        &mut model.peer_sets,
+                        &key,
+                        Direction::Ingress,
+                        peers,
+                        ports,
+                        &targets,
+                    )
                 })
                 .collect();
             rules.ingress = Some(compiled);
@@ -350,7 +387,15 @@ where
                 .map(|r| {
                     let peers = r.to.as_deref().unwrap_or_default();
                     let ports = r.ports.as_deref().unwrap_or_default();
-                    compile_rule(&cluster, &key, Direction::Egress, peers, ports, &targets)
+                    compile_rule(
+                        &cluster,
+                        &mut model.peer_sets,
+                        &key,
+                        Direction::Egress,
+                        peers,
+                        ports,
+                        &targets,
+                    )
                 })
                 .collect();
             rules.egress = Some(compiled);
@@ -385,6 +430,7 @@ pub fn policy_types(policy: &NetworkPolicy) -> (bool, bool) {
 
 fn compile_rule(
     cluster: &Cluster<'_>,
+    peer_sets: &mut BTreeMap<PeerSelector, BTreeSet<Ipv4Addr>>,
     policy: &PolicyRef,
     dir: Direction,
     peers: &[NetworkPolicyPeer],
@@ -394,22 +440,38 @@ fn compile_rule(
     let compiled_peers = if peers.is_empty() {
         Peers::Any
     } else {
-        let mut pods: Option<BTreeSet<Ipv4Addr>> = None;
+        let mut selectors = BTreeSet::new();
         let mut blocks: Option<Vec<(u32, u32)>> = None;
         for peer in peers {
             if let Some(block) = &peer.ip_block {
                 let ranges = blocks.get_or_insert_with(Vec::new);
                 ranges.extend(block_ranges(block, policy));
             }
-            if peer.pod_selector.is_some() || peer.namespace_selector.is_some() {
-                let set = pods.get_or_insert_with(BTreeSet::new);
-                for pod in cluster.peer_pods(peer, &policy.namespace) {
-                    set.extend(&pod.ips);
-                }
+            if peer.pod_selector.is_none() && peer.namespace_selector.is_none() {
+                continue;
             }
+            let key = PeerSelector {
+                scope: match &peer.namespace_selector {
+                    Some(sel) => Scope::Namespaces(selector::canonical(sel)),
+                    None => Scope::Namespace(policy.namespace.clone()),
+                },
+                pods: peer
+                    .pod_selector
+                    .as_ref()
+                    .map(selector::canonical)
+                    .unwrap_or_default(),
+            };
+            if !peer_sets.contains_key(&key) {
+                let ips = cluster
+                    .peer_pods(peer, &policy.namespace)
+                    .flat_map(|pod| pod.ips.iter().copied())
+                    .collect();
+                peer_sets.insert(key.clone(), ips);
+            }
+            selectors.insert(key);
         }
         Peers::Only {
-            pods,
+            selectors,
             blocks: blocks.map(|b| merge(b).into_iter().map(to_range).collect()),
         }
     };
@@ -456,21 +518,20 @@ fn compile_rule(
         let holders: Vec<&PodView> = match (dir, &compiled_peers) {
             (Direction::Ingress, _) => targets.to_vec(),
             (Direction::Egress, Peers::Any) => cluster.pods.iter().collect(),
-            (Direction::Egress, Peers::Only { pods, blocks }) => {
-                let in_blocks = |ip: &Ipv4Addr| {
-                    blocks
+            (Direction::Egress, Peers::Only { selectors, blocks }) => {
+                let peer = |ip: &Ipv4Addr| {
+                    selectors
                         .iter()
-                        .flatten()
-                        .any(|b| (b.first..=b.last).contains(ip))
+                        .any(|s| peer_sets.get(s).is_some_and(|set| set.contains(ip)))
+                        || blocks
+                            .iter()
+                            .flatten()
+                            .any(|b| (b.first..=b.last).contains(ip))
                 };
                 cluster
                     .pods
                     .iter()
-                    .filter(|pod| {
-                        pod.ips.iter().any(|ip| {
-                            pods.as_ref().is_some_and(|set| set.contains(ip)) || in_blocks(ip)
-                        })
-                    })
+                    .filter(|pod| pod.ips.iter().any(peer))
                     .collect()
             }
         };

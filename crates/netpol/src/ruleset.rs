@@ -10,22 +10,26 @@
 //! map ingress   { <pod ip> : goto pod-<ip>-in }
 //! pod-<ip>-in:  ip saddr <ip> accept; jump pol-<id>-in; ...; drop
 //! pol-<id>-in:  one rule per peer/port combination of each ingress rule, ending in accept,
-//!               matching sets pol-<id>-in<n>-pods (peer pod addresses), -blocks (ipBlock
-//!               intervals) and -named (pod . protocol . port of named ports)
+//!               matching sets peers-<id> (the addresses a selector peer picks, shared by
+//!               every rule using that selector), pol-<id>-in<n>-blocks (ipBlock intervals)
+//!               and pol-<id>-in<n>-named (pod . protocol . port of named ports)
 //! ```
 //!
 //! Two base chains because an `accept` ends only its own base chain: a packet from an isolated
 //! pod to an isolated pod must be accepted by the egress chain and then by the ingress chain.
 //! Pods that are not isolated have no map entry, so their packets pass after two lookups.
 //! A policy's chains and sets are named by a hash of namespace/name (names may be longer than
-//! nftables allows) and carry namespace/name as a comment.
+//! nftables allows) and carry namespace/name as a comment; a peer set by a hash of its
+//! selector, which is its comment. A pod's change therefore touches each selector's set once,
+//! however many policies use the selector.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 
 use crate::model::{
-    Direction, IpRange, Model, NamedPort, Peers, PolicyRef, PortRange, Ports, Protocol, Rule,
+    Direction, IpRange, Model, NamedPort, PeerSelector, Peers, PolicyRef, PortRange, Ports,
+    Protocol, Rule,
 };
 
 /// How many elements one `add element`/`delete element` command carries.
@@ -74,12 +78,12 @@ fn pod_chain(ip: Ipv4Addr, dir: Direction) -> String {
     format!("pod-{ip}-{}", suffix(dir))
 }
 
-/// FNV-1a 64 of `ns/name` (and `salt` when > 0), as 16 hex digits: stable across builds.
-fn policy_id(policy: &PolicyRef, salt: u32) -> String {
+/// FNV-1a 64 of `key` (and `salt` when > 0), as 16 hex digits: stable across builds, so an
+/// upgraded agent finds its chains and sets under the same names.
+fn hash_id(key: &str, salt: u32) -> String {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     let salt = salt.to_be_bytes();
     let extra: &[u8] = if salt == [0; 4] { &[] } else { &salt };
-    let key = policy.to_string();
     for &b in key.as_bytes().iter().chain(extra) {
         hash ^= u64::from(b);
         hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
@@ -157,19 +161,16 @@ impl Ruleset {
             );
         }
 
-        let mut taken = HashSet::new();
-        let ids: BTreeMap<&PolicyRef, String> = model
-            .policies
-            .keys()
-            .map(|p| {
-                let id = (0..)
-                    .map(|salt| policy_id(p, salt))
-                    .find(|id| !taken.contains(id))
-                    .unwrap_or_else(|| unreachable!("fewer policies than ids"));
-                taken.insert(id.clone());
-                (p, id)
-            })
-            .collect();
+        let ids = unique_ids(model.policies.keys(), |p| p.to_string());
+        let peer_sets = unique_ids(model.peer_sets.keys(), |s| s.to_string());
+        for (selector, ips) in &model.peer_sets {
+            let spec = format!("type ipv4_addr; {}", comment(selector.to_string()));
+            let elements = ips.iter().map(Ipv4Addr::to_string);
+            rs.sets.insert(
+                format!("peers-{}", peer_sets[selector]),
+                plain_set(spec, elements),
+            );
+        }
 
         for dir in [Direction::Ingress, Direction::Egress] {
             let mut map = Set {
@@ -208,14 +209,21 @@ impl Ruleset {
             let id = &ids[policy];
             for dir in [Direction::Ingress, Direction::Egress] {
                 if let Some(list) = rules.get(dir) {
-                    rs.add_policy_chain(policy, id, dir, list);
+                    rs.add_policy_chain(policy, id, dir, list, &peer_sets);
                 }
             }
         }
         rs
     }
 
-    fn add_policy_chain(&mut self, policy: &PolicyRef, id: &str, dir: Direction, list: &[Rule]) {
+    fn add_policy_chain(
+        &mut self,
+        policy: &PolicyRef,
+        id: &str,
+        dir: Direction,
+        list: &[Rule],
+        peer_sets: &BTreeMap<&PeerSelector, String>,
+    ) {
         let dir_word = match dir {
             Direction::Ingress => "ingress",
             Direction::Egress => "egress",
@@ -231,13 +239,10 @@ impl Ruleset {
             let mut peer_clauses = Vec::new();
             match &rule.peers {
                 Peers::Any => peer_clauses.push(String::new()),
-                Peers::Only { pods, blocks } => {
-                    if let Some(pods) = pods {
-                        let name = format!("{prefix}-pods");
-                        peer_clauses.push(format!("ip {remote} @{name} "));
-                        let spec = format!("type ipv4_addr; {}", about("peer pods"));
-                        self.sets
-                            .insert(name, plain_set(spec, pods.iter().map(Ipv4Addr::to_string)));
+                Peers::Only { selectors, blocks } => {
+                    // A selector without a set in the model picks nobody.
+                    for id in selectors.iter().filter_map(|s| peer_sets.get(s)) {
+                        peer_clauses.push(format!("ip {remote} @peers-{id} "));
                     }
                     if let Some(blocks) = blocks {
                         let name = format!("{prefix}-blocks");
@@ -396,6 +401,25 @@ impl Ruleset {
     pub fn chain_names(&self) -> BTreeSet<&str> {
         self.chains.keys().map(String::as_str).collect()
     }
+}
+
+/// A short id per key, unique among `keys` (a hash collision takes the next salt), assigned in
+/// key order so that it depends only on the keys.
+fn unique_ids<'k, K: Ord + 'k>(
+    keys: impl Iterator<Item = &'k K>,
+    text: impl Fn(&K) -> String,
+) -> BTreeMap<&'k K, String> {
+    let mut taken = HashSet::new();
+    keys.map(|k| {
+        let key = text(k);
+        let id = (0..)
+            .map(|salt| hash_id(&key, salt))
+            .find(|id| !taken.contains(id))
+            .unwrap_or_else(|| unreachable!("fewer keys than ids"));
+        taken.insert(id.clone());
+        (k, id)
+    })
+    .collect()
 }
 
 /// A transaction that deletes table `inet <table>` if it exists.

@@ -26,6 +26,34 @@ pub fn matches(sel: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
     })
 }
 
+/// `sel` in the API's selector syntax with its terms sorted (`app=web,!canary,tier in (a,b)`):
+/// equal strings select the same objects. The empty selector is the empty string.
+pub fn canonical(sel: &LabelSelector) -> String {
+    let mut terms: Vec<String> = sel
+        .match_labels
+        .iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    for e in sel.match_expressions.iter().flatten() {
+        let mut values = e.values.clone().unwrap_or_default();
+        values.sort();
+        values.dedup();
+        let values = values.join(",");
+        terms.push(match e.operator.as_str() {
+            "In" => format!("{} in ({values})", e.key),
+            "NotIn" => format!("{} notin ({values})", e.key),
+            "Exists" => e.key.clone(),
+            "DoesNotExist" => format!("!{}", e.key),
+            // Matches nothing; kept apart from every valid selector.
+            op => format!("{} {op:?} ({values})", e.key),
+        });
+    }
+    terms.sort();
+    terms.dedup();
+    terms.join(",")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,5 +128,25 @@ mod tests {
         for (what, sel, labels, want) in cases {
             assert_eq!(matches(&sel, labels), want, "{what}");
         }
+    }
+
+    #[test]
+    fn canonical_forms_are_sorted_and_distinct() {
+        let mut sel = expr("tier", "In", &["b", "a", "b"]);
+        sel.match_labels = Some(labels(&[("app", "web"), ("env", "prod")]));
+        sel.match_expressions.as_mut().unwrap().push(
+            expr("canary", "DoesNotExist", &[])
+                .match_expressions
+                .unwrap()[0]
+                .clone(),
+        );
+        assert_eq!(canonical(&sel), "!canary,app=web,env=prod,tier in (a,b)");
+        assert_eq!(canonical(&LabelSelector::default()), "");
+        assert_eq!(canonical(&expr("x", "Exists", &[])), "x");
+        assert_eq!(canonical(&expr("x", "NotIn", &["1"])), "x notin (1)");
+        assert_ne!(
+            canonical(&expr("x", "Like", &["1"])),
+            canonical(&expr("x", "In", &["1"]))
+        );
     }
 }

@@ -124,11 +124,13 @@ fn ingress_rule(model: &Model) -> &Rule {
     &rules[0]
 }
 
-fn peer_pods(rule: &Rule) -> BTreeSet<Ipv4Addr> {
+/// The addresses a rule's selector peers pick, together.
+fn peer_pods(model: &Model, rule: &Rule) -> BTreeSet<Ipv4Addr> {
     match &rule.peers {
-        Peers::Only {
-            pods: Some(pods), ..
-        } => pods.clone(),
+        Peers::Only { selectors, .. } if !selectors.is_empty() => selectors
+            .iter()
+            .flat_map(|s| model.peer_sets[s].iter().copied())
+            .collect(),
         other => panic!("expected selector peers, got {other:?}"),
     }
 }
@@ -278,13 +280,60 @@ fn peers_by_pod_and_namespace_selectors() {
             json!({"podSelector": {"matchLabels": {"app": "server"}}, "ingress": [{"from": from}]}),
         )]);
         let rule = ingress_rule(&model);
-        assert_eq!(peer_pods(rule), ips(&want), "{what}");
+        assert_eq!(peer_pods(&model, rule), ips(&want), "{what}");
         assert_eq!(rule.ports, Ports::Any, "{what}");
         assert!(
             matches!(&rule.peers, Peers::Only { blocks: None, .. }),
             "{what}"
         );
     }
+}
+
+#[test]
+fn rules_with_the_same_selector_share_its_set() {
+    let from = json!([{"podSelector": {"matchLabels": {"app": "client"}}}]);
+    let from_swapped = json!([{"podSelector": {"matchExpressions": [
+        {"key": "app", "operator": "In", "values": ["client"]}]}}]);
+    let model = compute_with(&[
+        policy(
+            "default",
+            "p",
+            json!({"podSelector": {}, "ingress": [{"from": from}]}),
+        ),
+        policy(
+            "default",
+            "q",
+            json!({"podSelector": {"matchLabels": {"app": "server"}},
+            "ingress": [{"from": from, "ports": [{"port": 80}]}, {"from": from_swapped}]}),
+        ),
+        // The same pod selector scoped to another namespace is another set.
+        policy(
+            "team-b",
+            "r",
+            json!({"podSelector": {}, "ingress": [{"from": from}]}),
+        ),
+    ]);
+    let sel = |ns: &str, pods: &str| PeerSelector {
+        scope: Scope::Namespace(ns.into()),
+        pods: pods.into(),
+    };
+    assert_eq!(
+        model.peer_sets,
+        BTreeMap::from([
+            (sel("default", "app in (client)"), ips(&["10.42.0.3"])),
+            (sel("default", "app=client"), ips(&["10.42.0.3"])),
+            (sel("team-b", "app=client"), ips(&["10.42.0.4"])),
+        ])
+    );
+    assert_eq!(
+        sel("default", "app=client").to_string(),
+        "pods(app=client) in default"
+    );
+    let ns_sel = PeerSelector {
+        scope: Scope::Namespaces("team=a".into()),
+        pods: String::new(),
+    };
+    assert_eq!(ns_sel.to_string(), "pods() in namespaces(team=a)");
 }
 
 #[test]
@@ -338,7 +387,7 @@ fn ip_blocks_subtract_their_exceptions_and_merge() {
         assert_eq!(
             ingress_rule(&model).peers,
             Peers::Only {
-                pods: None,
+                selectors: BTreeSet::new(),
                 blocks: Some(want.clone())
             },
             "{from}"
@@ -464,7 +513,7 @@ fn pods_without_an_address_of_their_own_do_not_count() {
         model.ingress.keys().copied().collect::<BTreeSet<_>>(),
         ips(&["10.42.0.2", "10.42.0.3"])
     );
-    assert_eq!(peer_pods(ingress_rule(&model)), ips(&["10.42.0.3"]));
+    assert_eq!(peer_pods(&model, ingress_rule(&model)), ips(&["10.42.0.3"]));
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! The rendering of models and the scripts between rulesets, checked as text (the integration
 //! tests feed the same scripts to the real `nft`).
 
-use crate::model::{PolicyRules, Protocol};
+use crate::model::{PolicyRules, Protocol, Scope};
 
 use super::*;
 
@@ -16,17 +16,32 @@ fn ip(s: &str) -> Ipv4Addr {
     s.parse().unwrap()
 }
 
-/// `default/web` isolates 10.42.0.2 for ingress: from pods `peers` on TCP 80, and from
-/// 192.168.0.0/24 on the named port resolved to 8080.
+fn clients() -> PeerSelector {
+    PeerSelector {
+        scope: Scope::Namespace("default".into()),
+        pods: "app=client".into(),
+    }
+}
+
+/// The set of the `app=client` peers.
+fn clients_set() -> String {
+    format!("peers-{}", hash_id("pods(app=client) in default", 0))
+}
+
+/// `default/web` isolates 10.42.0.2 for ingress: from the `app=client` pods (`peers`) on TCP
+/// 80, and from 192.168.0.0/24 on the named port resolved to 8080.
 fn web(peers: &[&str]) -> Model {
     let mut model = Model::default();
+    model
+        .peer_sets
+        .insert(clients(), peers.iter().map(|p| ip(p)).collect());
     model
         .ingress
         .insert(ip("10.42.0.2"), BTreeSet::from([key("web")]));
     let rules = vec![
         Rule {
             peers: Peers::Only {
-                pods: Some(peers.iter().map(|p| ip(p)).collect()),
+                selectors: BTreeSet::from([clients()]),
                 blocks: None,
             },
             ports: Ports::Only {
@@ -40,7 +55,7 @@ fn web(peers: &[&str]) -> Model {
         },
         Rule {
             peers: Peers::Only {
-                pods: None,
+                selectors: BTreeSet::new(),
                 blocks: Some(vec![IpRange {
                     first: ip("192.168.0.0"),
                     last: ip("192.168.0.255"),
@@ -67,7 +82,7 @@ fn web(peers: &[&str]) -> Model {
 }
 
 fn id(name: &str) -> String {
-    policy_id(&key(name), 0)
+    hash_id(&key(name).to_string(), 0)
 }
 
 #[test]
@@ -75,7 +90,7 @@ fn policy_ids_are_stable_hashes() {
     // FNV-1a 64 of "default/web": must not change between builds, or an upgraded agent would
     // rename every chain.
     assert_eq!(id("web"), "9d2ba50824d634bb");
-    assert_ne!(policy_id(&key("web"), 1), id("web"));
+    assert_ne!(hash_id("default/web", 1), id("web"));
     assert_eq!(id("web").len(), 16);
 }
 
@@ -114,7 +129,10 @@ fn a_model_renders_to_the_documented_layout() {
     assert_eq!(
         rs.chains[&pol].rules,
         [
-            format!("ip saddr @{pol}0-pods meta l4proto . th dport {{ tcp . 80 }} accept"),
+            format!(
+                "ip saddr @{} meta l4proto . th dport {{ tcp . 80 }} accept",
+                clients_set()
+            ),
             format!(
                 "ip saddr @{pol}1-blocks ip daddr . meta l4proto . th dport @{pol}1-named accept"
             ),
@@ -151,7 +169,7 @@ fn rules_combine_peers_and_ports_per_direction() {
     }]));
     let rule = Rule {
         peers: Peers::Only {
-            pods: Some(BTreeSet::from([ip("10.42.1.2")])),
+            selectors: BTreeSet::from([clients()]),
             blocks: Some(vec![]),
         },
         ports: Ports::Only {
@@ -164,6 +182,9 @@ fn rules_combine_peers_and_ports_per_direction() {
         },
     };
     let mut model = Model::default();
+    model
+        .peer_sets
+        .insert(clients(), BTreeSet::from([ip("10.42.1.2")]));
     model
         .egress
         .insert(ip("10.42.0.2"), BTreeSet::from([key("p")]));
@@ -185,7 +206,10 @@ fn rules_combine_peers_and_ports_per_direction() {
     assert_eq!(
         rs.chains[&pol].rules,
         [
-            format!("ip daddr @{pol}0-pods meta l4proto . th dport {{ sctp . 1000-2000 }} accept"),
+            format!(
+                "ip daddr @{} meta l4proto . th dport {{ sctp . 1000-2000 }} accept",
+                clients_set()
+            ),
             format!(
                 "ip daddr @{pol}0-blocks meta l4proto . th dport {{ sctp . 1000-2000 }} accept"
             ),
@@ -228,7 +252,6 @@ fn the_full_script_replaces_the_table_in_one_transaction() {
             "add table inet t { comment \"NetworkPolicy enforcement by skiff\"; }"
         ]
     );
-    let pol = format!("pol-{}-in", id("web"));
     let at = |needle: &str| {
         lines
             .iter()
@@ -236,12 +259,15 @@ fn the_full_script_replaces_the_table_in_one_transaction() {
             .unwrap_or_else(|| panic!("{needle:?} missing from\n{script}"))
     };
     // Declarations before the elements and rules that use them.
-    assert!(at(&format!("add set inet t {pol}0-pods")) < at("add rule"));
+    assert!(at(&format!("add set inet t {}", clients_set())) < at("add rule"));
     assert!(at("add chain inet t pod-10.42.0.2-in") < at("add element inet t ingress"));
     assert!(script.contains(
         "add chain inet t forward-ingress { type filter hook forward priority filter + 1; policy accept; }"
     ));
-    assert!(script.contains(&format!("add element inet t {pol}0-pods {{ 10.42.0.3 }}")));
+    assert!(script.contains(&format!(
+        "add element inet t {} {{ 10.42.0.3 }}",
+        clients_set()
+    )));
     assert!(script.contains("add element inet t ingress { 10.42.0.2 : goto pod-10.42.0.2-in }"));
 }
 
@@ -255,14 +281,13 @@ fn an_unchanged_ruleset_needs_no_transaction() {
 fn a_new_peer_is_one_element() {
     let old = Ruleset::from_model(&web(&["10.42.0.3"]), "skiff0");
     let new = Ruleset::from_model(&web(&["10.42.0.3", "10.42.1.9"]), "skiff0");
-    let pol = format!("pol-{}-in", id("web"));
     assert_eq!(
         new.diff_script(&old, "t").unwrap(),
-        format!("add element inet t {pol}0-pods {{ 10.42.1.9 }}\n")
+        format!("add element inet t {} {{ 10.42.1.9 }}\n", clients_set())
     );
     assert_eq!(
         old.diff_script(&new, "t").unwrap(),
-        format!("delete element inet t {pol}0-pods {{ 10.42.1.9 }}\n")
+        format!("delete element inet t {} {{ 10.42.1.9 }}\n", clients_set())
     );
 }
 
@@ -278,7 +303,7 @@ fn removing_a_policy_unhooks_before_it_deletes() {
         format!("flush chain inet t {pol}"),
         "delete chain inet t pod-10.42.0.2-in".to_owned(),
         format!("delete chain inet t {pol}"),
-        format!("delete set inet t {pol}0-pods"),
+        format!("delete set inet t {}", clients_set()),
         format!("delete set inet t {pol}1-blocks"),
         format!("delete set inet t {pol}1-named"),
     ];
@@ -292,7 +317,7 @@ fn interval_changes_delete_before_they_add() {
     let set_blocks = |m: &mut Model, last: &str| {
         let rules = m.policies.get_mut(&key("web")).unwrap();
         rules.ingress.as_mut().unwrap()[1].peers = Peers::Only {
-            pods: None,
+            selectors: BTreeSet::new(),
             blocks: Some(vec![IpRange {
                 first: ip("192.168.0.0"),
                 last: ip(last),
@@ -336,10 +361,9 @@ fn large_sets_are_split_into_several_commands() {
         .collect();
     let refs: Vec<&str> = peers.iter().map(String::as_str).collect();
     let script = Ruleset::from_model(&web(&refs), "skiff0").full_script("t");
-    let pol = format!("pol-{}-in", id("web"));
     let commands = script
         .lines()
-        .filter(|l| l.starts_with(&format!("add element inet t {pol}0-pods ")))
+        .filter(|l| l.starts_with(&format!("add element inet t {} ", clients_set())))
         .count();
     assert_eq!(commands, 3);
 }
