@@ -131,8 +131,8 @@ fn ip(args: &[&str]) -> Result<()> {
 }
 
 fn cluster_ip(i: usize) -> Ipv4Addr {
-    // 10.43.200.0 onwards: clear of the kubernetes (10.43.0.1) and DNS (10.43.0.10) IPs.
-    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 43, 200, 0)) + i as u32)
+    // 10.43.200.1 onwards: clear of the kubernetes (10.43.0.1) and DNS (10.43.0.10) IPs.
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 43, 200, 1)) + i as u32)
 }
 
 fn endpoint_ip(i: usize, j: usize, generation: usize) -> Ipv4Addr {
@@ -270,7 +270,7 @@ fn api_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
 /// Creates the services and slices (no selectors: the EndpointSlice controller leaves them
 /// alone) in a fresh namespace through `client`, runs the proxy against them in a scratch
 /// network namespace, patches one slice at a time and waits for each patch to be applied.
-/// Cluster IPs are set explicitly from 10.43.200.0 on. Removes the namespace when done.
+/// Cluster IPs are set explicitly from 10.43.200.1 on. Removes the namespace when done.
 pub async fn end_to_end(client: kube::Client, opts: &Options) -> Result<EndToEndReport> {
     if opts.services == 0 || opts.endpoints_per_service == 0 {
         return Err(Error::Options(
