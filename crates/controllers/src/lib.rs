@@ -20,9 +20,11 @@ pub mod hpa;
 pub mod job;
 pub mod namespace;
 pub mod node_lifecycle;
+pub mod nodeipam;
 pub mod quota;
 pub mod replicaset;
 pub mod serviceaccount;
+pub mod servicelb;
 pub mod statefulset;
 pub mod util;
 
@@ -39,6 +41,10 @@ pub struct Options {
     pub hpa_sync_period: Duration,
     /// How long an HPA waits before scaling down to a lower recommendation (upstream 5m).
     pub hpa_downscale_stabilization: Duration,
+    /// Nodes get their pod CIDRs from this range (upstream `--cluster-cidr`; k3s's default).
+    pub cluster_cidr: nodeipam::Ipv4Net,
+    /// The prefix length of each Node's pod CIDR (upstream `--node-cidr-mask-size`).
+    pub node_cidr_mask_size: u8,
 }
 
 impl Default for Options {
@@ -49,6 +55,9 @@ impl Default for Options {
             node_monitor_period: Duration::from_secs(5),
             hpa_sync_period: Duration::from_secs(15),
             hpa_downscale_stabilization: Duration::from_secs(300),
+            cluster_cidr: nodeipam::Ipv4Net::new(std::net::Ipv4Addr::new(10, 42, 0, 0), 16)
+                .unwrap_or_else(|_| unreachable!("16 is a valid prefix length")),
+            node_cidr_mask_size: 24,
         }
     }
 }
@@ -95,9 +104,11 @@ const CONTROLLERS: &[(&str, Controller)] = &[
     ("job", |c| Box::pin(job::run(c))),
     ("cronjob", |c| Box::pin(cronjob::run(c))),
     ("node-lifecycle", |c| Box::pin(node_lifecycle::run(c))),
+    ("nodeipam", |c| Box::pin(nodeipam::run(c))),
     ("endpoints", |c| Box::pin(endpoints::run(c))),
     ("endpointslice", |c| Box::pin(endpointslice::run(c))),
     ("serviceaccount", |c| Box::pin(serviceaccount::run(c))),
+    ("servicelb", |c| Box::pin(servicelb::run(c))),
     ("disruption", |c| Box::pin(disruption::run(c))),
     ("resourcequota", |c| Box::pin(quota::run(c))),
     ("horizontalpodautoscaling", |c| Box::pin(hpa::run(c))),
