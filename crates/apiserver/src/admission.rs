@@ -1,7 +1,7 @@
 //! Built-in admission and per-kind write hooks: what upstream's admission plugins and
 //! registry strategies add around a write (service accounts, default tolerations, priority,
 //! LimitRanger and ResourceQuota on create, graceful pod deletion, CRD status and the
-//! resources a CRD serves).
+//! resources a CRD serves, Node pod CIDRs that are set once).
 //!
 //! Plugins run in upstream's order: mutations (LimitRanger defaults, ServiceAccount,
 //! DefaultTolerationSeconds, Priority), then checks (LimitRanger min/max, ResourceQuota).
@@ -14,6 +14,7 @@
 
 use std::collections::BTreeMap;
 
+use api::validation::FieldError;
 use api::validation::quantity::{Format, Quantity};
 use serde_json::{Map, Value, json};
 
@@ -57,9 +58,85 @@ pub fn on_create(ctx: &Ctx<'_>, obj: &mut Value) -> ApiResult<()> {
             check_pvc_limits(&ranges, obj).map_err(|e| forbidden(ctx, obj, &e))?;
         }
         ("apiextensions.k8s.io", "CustomResourceDefinition") => crate::crd::set_status(obj),
+        ("", "Node") => check_pod_cidrs(ctx, None, obj)?,
         _ => {}
     }
     check_quota(ctx, obj)
+}
+
+/// Checks on update, after validation.
+pub fn on_update(ctx: &Ctx<'_>, old: &Value, new: &mut Value) -> ApiResult<()> {
+    if ctx.res.group.is_empty() && ctx.res.kind == "Node" {
+        check_pod_cidrs(ctx, Some(old), new)?;
+    }
+    Ok(())
+}
+
+// ---- Node pod CIDRs ----
+
+fn pod_cidrs(node: &Value) -> Vec<String> {
+    let list: Vec<String> = node["spec"]["podCIDRs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|v| v.as_str().unwrap_or_default().to_string())
+        .collect();
+    if !list.is_empty() {
+        return list;
+    }
+    match node["spec"]["podCIDR"].as_str() {
+        Some(c) if !c.is_empty() => vec![c.to_string()],
+        _ => Vec::new(),
+    }
+}
+
+/// A Node's pod CIDRs as upstream validates them: `podCIDR` mirrors `podCIDRs[0]` (v1
+/// conversion), each is a CIDR, at most one per IP family, and once set they never change
+/// (the node IPAM controller assigns them once; routes and pod addresses depend on them).
+fn check_pod_cidrs(ctx: &Ctx<'_>, old: Option<&Value>, node: &mut Value) -> ApiResult<()> {
+    let cidrs = pod_cidrs(node);
+    if let Some(spec) = node.get_mut("spec").and_then(Value::as_object_mut)
+        && let Some(first) = cidrs.first()
+    {
+        spec.insert("podCIDR".into(), json!(first));
+        spec.insert("podCIDRs".into(), json!(cidrs));
+    }
+    let mut errs = Vec::new();
+    let mut families = Vec::new();
+    for (i, cidr) in cidrs.iter().enumerate() {
+        match cidr.parse::<ipnet::IpNet>() {
+            Ok(net) => families.push(matches!(net, ipnet::IpNet::V4(_))),
+            Err(_) => errs.push(FieldError::invalid(
+                format!("spec.podCIDRs[{i}]"),
+                json!(cidr),
+                "must be a valid CIDR value, (e.g. 10.9.8.0/24 or 2001:db8::/64)",
+            )),
+        }
+    }
+    if cidrs.len() > 2 || (families.len() == 2 && families[0] == families[1]) {
+        errs.push(FieldError::invalid(
+            "spec.podCIDRs",
+            json!(cidrs),
+            "may specify no more than one CIDR for each IP family",
+        ));
+    }
+    if let Some(old) = old {
+        let before = pod_cidrs(old);
+        if !before.is_empty() && before != cidrs {
+            errs.push(FieldError::forbidden(
+                "spec.podCIDRs",
+                "node updates may not change podCIDR except from \"\" to valid",
+            ));
+        }
+    }
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(
+            &ctx.target(crate::object::name(node)),
+            &errs,
+        ))
+    }
 }
 
 /// Validation again after admission changed the spec (a defaulted limit below a request).
@@ -934,6 +1011,7 @@ pub fn after_write(ctx: &Ctx<'_>, _obj: &Value) {
 
 /// After an object was removed from the store.
 pub fn after_delete(ctx: &Ctx<'_>, obj: &Value) {
+    crate::service_alloc::after_delete(ctx, obj);
     if ctx.res.group == "apiextensions.k8s.io" {
         crate::crd::remove_instances(ctx.server, obj);
         after_write(ctx, obj);

@@ -44,7 +44,7 @@ impl Ctx<'_> {
         self.res.key(self.ns.as_deref(), name)
     }
 
-    fn dry_run(&self) -> bool {
+    pub(crate) fn dry_run(&self) -> bool {
         self.req.query.all("dryRun").any(|v| v == "All")
     }
 
@@ -804,6 +804,8 @@ async fn create(ctx: &Ctx<'_>) -> ApiResult<Response<Body>> {
         ctx.schema(),
         &now_rfc3339(),
     );
+    // Allocated values are the server's, not the manager's: taken after field tracking.
+    let allocated = crate::service_alloc::on_create(ctx, &mut obj)?;
     if ctx.dry_run() {
         return Ok(object_response_with(ctx, 201, &obj, &warnings));
     }
@@ -817,6 +819,7 @@ async fn create(ctx: &Ctx<'_>) -> ApiResult<Response<Body>> {
             store::Error::AlreadyExists { .. } => ApiError::already_exists(&ctx.target(&name)),
             other => store_error(other),
         })?;
+    allocated.commit();
     let out = object::to_served(&ctx.res, parse_stored(&kv)?);
     crate::admission::after_write(ctx, &out);
     Ok(object_response_with(ctx, 201, &out, &warnings))
@@ -853,16 +856,20 @@ where
             default_and_validate(ctx, &mut new, None, name)?;
             check_namespace(ctx, name).await?;
             crate::admission::on_create(ctx, &mut new)?;
+            let allocated = crate::service_alloc::on_create(ctx, &mut new)?;
             if ctx.dry_run() {
                 return Ok((Written::Stored(new), warnings, true));
             }
             let stored = object::to_stored(&ctx.res, new);
             return match ctx.server.store.create(&ctx.key(name), stored).await {
-                Ok(kv) => Ok((
-                    Written::Stored(object::to_served(&ctx.res, parse_stored(&kv)?)),
-                    warnings,
-                    true,
-                )),
+                Ok(kv) => {
+                    allocated.commit();
+                    Ok((
+                        Written::Stored(object::to_served(&ctx.res, parse_stored(&kv)?)),
+                        warnings,
+                        true,
+                    ))
+                }
                 Err(store::Error::AlreadyExists { .. }) => continue,
                 Err(e) => Err(store_error(e)),
             };
@@ -895,17 +902,19 @@ where
                 )
                 .await
             {
-                Ok(kv) => Ok((
-                    Written::Deleted(object::to_served(&ctx.res, parse_stored(&kv)?)),
-                    warnings,
-                    false,
-                )),
+                Ok(kv) => {
+                    let out = object::to_served(&ctx.res, parse_stored(&kv)?);
+                    crate::admission::after_delete(ctx, &out);
+                    Ok((Written::Deleted(out), warnings, false))
+                }
                 Err(store::Error::Conflict { .. }) if pinned.is_none() => continue,
                 Err(store::Error::Conflict { .. }) => Err(ApiError::modified(&ctx.target(name))),
                 Err(store::Error::NotFound { .. }) => Err(ApiError::not_found(&ctx.target(name))),
                 Err(e) => Err(store_error(e)),
             };
         }
+        crate::admission::on_update(ctx, &old, &mut new)?;
+        let allocated = crate::service_alloc::on_update(ctx, &old, &mut new)?;
         if ctx.dry_run() || new == old {
             return Ok((Written::Stored(new), warnings, false));
         }
@@ -920,6 +929,7 @@ where
             .await
         {
             Ok(kv) => {
+                allocated.commit();
                 return Ok((
                     Written::Stored(object::to_served(&ctx.res, parse_stored(&kv)?)),
                     warnings,
@@ -1029,6 +1039,7 @@ fn prepare_update(ctx: &Ctx<'_>, old: &Value, new: &mut Value) -> ApiResult<()> 
     if ctx.res.group.is_empty() && ctx.res.kind == "Namespace" && ctx.sub.is_none() {
         new["spec"]["finalizers"] = old["spec"]["finalizers"].clone();
     }
+    crate::service_alloc::on_prepare_update(ctx, old, new);
     if !status_only && ctx.res.tracks_generation() && !object::spec_equal(old, new) {
         let g = old_meta
             .get("generation")

@@ -1,7 +1,7 @@
 //! The API server: its configuration, start-up (store, credentials, built-in namespaces,
 //! listener) and the top-level router.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -35,6 +35,12 @@ pub struct Config {
     /// The same for the unreachable toleration (upstream
     /// `--default-unreachable-toleration-seconds`, 300).
     pub default_unreachable_toleration_seconds: i64,
+    /// Where Services get their cluster IPs and node ports, and the cluster DNS address.
+    pub services: crate::service_alloc::Ranges,
+    /// The address the `kubernetes` Service's endpoints point at (upstream
+    /// `--advertise-address`); default: the bind address, or 127.0.0.1 when that is
+    /// unspecified.
+    pub advertise_address: Option<IpAddr>,
 }
 
 /// What a started server exposes to its owner.
@@ -80,6 +86,8 @@ pub struct ApiServer {
     pub metrics: Arc<dyn crate::metrics::MetricsSource>,
     /// How the server reaches kubelets (logs, exec, attach, port-forward, stats).
     pub kubelet: crate::node_proxy::KubeletClient,
+    /// Service cluster IPs and node ports.
+    pub services: crate::service_alloc::Allocator,
 }
 
 /// Namespaces that always exist.
@@ -89,6 +97,7 @@ pub const SYSTEM_NAMESPACES: &[&str] =
 /// Opens the store, prepares credentials and system namespaces, and starts serving.
 pub async fn start(cfg: Config) -> Result<Running> {
     let started = Instant::now();
+    cfg.services.check()?;
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
     let server_dir = cfg.data_dir.join("server");
@@ -105,6 +114,7 @@ pub async fn start(cfg: Config) -> Result<Running> {
     let store = tokio::task::spawn_blocking(move || store::EmbeddedStore::open(&store_dir, opts))
         .await?
         .context("opening the store")?;
+    let services = crate::service_alloc::Allocator::new(cfg.services.clone())?;
     let shutdown = CancellationToken::new();
     let store = store as Arc<dyn Store>;
     let kubelet_metrics = Arc::new(crate::metrics::KubeletMetrics::new(store.clone()));
@@ -123,6 +133,7 @@ pub async fn start(cfg: Config) -> Result<Running> {
             &pki.kubelet_client_cert_pem,
             &pki.kubelet_client_key_pem,
         )?,
+        services,
     });
     server.bootstrap().await?;
     tokio::spawn(kubelet_metrics.run(Arc::downgrade(&server), shutdown.clone()));
@@ -131,6 +142,21 @@ pub async fn start(cfg: Config) -> Result<Running> {
         .await
         .with_context(|| format!("listening on {}", cfg.bind))?;
     let addr = listener.local_addr()?;
+    let advertised = SocketAddr::new(
+        cfg.advertise_address.unwrap_or(match addr.ip() {
+            ip if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            ip => ip,
+        }),
+        addr.port(),
+    );
+    if let Err(e) = crate::system_services::ensure(&server, advertised).await {
+        tracing::warn!("ensuring the cluster's system Services: {e:#}");
+    }
+    tokio::spawn(crate::system_services::run(
+        Arc::downgrade(&server),
+        advertised,
+        shutdown.clone(),
+    ));
     let host = if addr.ip().is_unspecified() {
         "127.0.0.1".to_string()
     } else {
@@ -210,6 +236,7 @@ impl ApiServer {
         }
         crate::admission::bootstrap_priority_classes(self).await?;
         crate::crd::reload(self)?;
+        crate::service_alloc::restore(self).await?;
         Ok(())
     }
 

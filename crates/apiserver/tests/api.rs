@@ -27,6 +27,8 @@ async fn server() -> TestServer {
         },
         default_toleration_seconds: 300,
         default_unreachable_toleration_seconds: 300,
+        services: Default::default(),
+        advertise_address: None,
     };
     let running = apiserver::start(cfg).await.unwrap();
     let client = Client::connect(&running.kubeconfig, running.addr.port())

@@ -69,6 +69,17 @@ struct ServerArgs {
     /// tolerationSeconds of the default `node.kubernetes.io/unreachable` toleration added to pods.
     #[arg(long, default_value_t = 300)]
     default_unreachable_toleration_seconds: i64,
+    /// The range Services get cluster IPs from; its first address is the `kubernetes`
+    /// Service's, and --cluster-dns must lie in it.
+    #[arg(long, default_value = "10.43.0.0/16", value_parser = apiserver::service_alloc::parse_service_cidr)]
+    service_cidr: apiserver::service_alloc::Ipv4Net,
+    /// Node ports of NodePort and LoadBalancer Services.
+    #[arg(long, default_value = "30000-32767")]
+    service_node_port_range: apiserver::service_alloc::PortRange,
+    /// The address the `kubernetes` Service's endpoints point at (default: --bind-address,
+    /// or 127.0.0.1 when that is unspecified).
+    #[arg(long)]
+    advertise_address: Option<IpAddr>,
     #[command(flatten)]
     control: control_plane::ControlPlaneArgs,
     #[command(flatten)]
@@ -163,6 +174,12 @@ fn run_server(args: ServerArgs) -> Result<()> {
             store: store::Options::default(),
             default_toleration_seconds: args.default_not_ready_toleration_seconds,
             default_unreachable_toleration_seconds: args.default_unreachable_toleration_seconds,
+            services: apiserver::service_alloc::Ranges {
+                service_cidr: args.service_cidr,
+                node_ports: args.service_node_port_range,
+                cluster_dns: args.node.cluster_dns,
+            },
+            advertise_address: args.advertise_address,
         };
         let running = apiserver::start(cfg).await?;
         let loops = CancellationToken::new();

@@ -27,6 +27,8 @@ pub fn config(dir: &std::path::Path) -> apiserver::Config {
         },
         default_toleration_seconds: 300,
         default_unreachable_toleration_seconds: 300,
+        services: Default::default(),
+        advertise_address: None,
     }
 }
 
