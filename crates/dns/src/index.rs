@@ -647,7 +647,8 @@ fn parse_service(svc: &Service) -> Svc {
         spec.external_name
             .as_deref()
             .map(|n| n.trim_end_matches('.'))
-            .filter(|n| !n.is_empty())
+            // An address is no alias target: CoreDNS serves no record for it either.
+            .filter(|n| !n.is_empty() && n.parse::<IpAddr>().is_err())
             .and_then(|n| Name::from_ascii(n).ok())
             .map(|mut n| {
                 n.set_fqdn(true);

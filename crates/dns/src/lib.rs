@@ -24,6 +24,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use control::informer::Informers;
 use hickory_proto::rr::Name;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio_util::sync::CancellationToken;
@@ -143,6 +144,31 @@ pub async fn start(
     cfg: Config,
     shutdown: CancellationToken,
 ) -> Result<Running> {
+    // Private informers: they stop with this server.
+    start_inner(&Informers::default(), None, client, cfg, shutdown).await
+}
+
+/// `start`, subscribing to `informers` (shared with the agent's other API clients, e.g. the
+/// service proxy, so each kind is watched once per process). Informers not yet started are
+/// started with `shutdown`, so they outlive this server if it stops first.
+pub async fn start_with(
+    informers: &Informers,
+    client: kube::Client,
+    cfg: Config,
+    shutdown: CancellationToken,
+) -> Result<Running> {
+    let informers_shutdown = shutdown.clone();
+    start_inner(informers, Some(informers_shutdown), client, cfg, shutdown).await
+}
+
+/// `informers_shutdown`: what stops informers this call starts (`None`: this server's stop).
+async fn start_inner(
+    informers: &Informers,
+    informers_shutdown: Option<CancellationToken>,
+    client: kube::Client,
+    cfg: Config,
+    shutdown: CancellationToken,
+) -> Result<Running> {
     if cfg.listen.is_empty() {
         return Err(Error::NoListenAddress);
     }
@@ -173,7 +199,16 @@ pub async fn start(
     let sync = Arc::new(watch::Listed::new());
     let stop = shutdown.child_token();
     let tracker = TaskTracker::new();
-    watch::start(&client, &index, &sync, &tracker, &stop);
+    let informers_shutdown = informers_shutdown.unwrap_or_else(|| stop.clone());
+    watch::start(
+        informers,
+        &informers_shutdown,
+        &client,
+        &index,
+        &sync,
+        &tracker,
+        &stop,
+    );
 
     let handler = server::Handler {
         index: index.clone(),

@@ -225,6 +225,9 @@ impl RequestHandler for Handler {
         };
         let (queries, answer) = if request.metadata.op_code != OpCode::Query {
             (&request.queries, Answer::error(ResponseCode::NotImp))
+        } else if request.edns.as_ref().is_some_and(|e| e.version() > 0) {
+            // RFC 6891 6.1.3: only EDNS version 0 is spoken.
+            (&request.queries, Answer::error(ResponseCode::BADVERS))
         } else if request.queries.len() != 1 {
             // Like miekg/dns servers: one question per message, else FORMERR without echoing
             // what may be thousands of questions.

@@ -49,17 +49,21 @@ impl Listed {
     }
 }
 
-/// Starts the watches on `tracker`; they stop with `shutdown`.
+/// Subscribes to `informers`' Namespaces, Services and EndpointSlices (starting those not yet
+/// started, to run until `informers_shutdown`) and feeds the index on `tracker` until
+/// `shutdown`.
 pub(crate) fn start(
+    informers: &Informers,
+    informers_shutdown: &CancellationToken,
     client: &kube::Client,
     index: &Arc<RwLock<Index>>,
     sync: &Arc<Listed>,
     tracker: &TaskTracker,
     shutdown: &CancellationToken,
 ) {
-    let informers = Informers::default();
     feed::<Namespace>(
-        &informers,
+        informers,
+        informers_shutdown,
         client,
         index,
         sync,
@@ -69,7 +73,8 @@ pub(crate) fn start(
         Index::delete_namespace,
     );
     feed::<Service>(
-        &informers,
+        informers,
+        informers_shutdown,
         client,
         index,
         sync,
@@ -79,7 +84,8 @@ pub(crate) fn start(
         Index::delete_service,
     );
     feed::<EndpointSlice>(
-        &informers,
+        informers,
+        informers_shutdown,
         client,
         index,
         sync,
@@ -93,6 +99,7 @@ pub(crate) fn start(
 #[allow(clippy::too_many_arguments)]
 fn feed<K>(
     informers: &Informers,
+    informers_shutdown: &CancellationToken,
     client: &kube::Client,
     index: &Arc<RwLock<Index>>,
     sync: &Arc<Listed>,
@@ -103,7 +110,7 @@ fn feed<K>(
 ) where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
-    let informer = informers.get::<K>(client, watcher::Config::default(), shutdown);
+    let informer = informers.get::<K>(client, watcher::Config::default(), informers_shutdown);
     let mut changes = Box::pin(informer.subscribe());
     let (index, sync, shutdown) = (index.clone(), sync.clone(), shutdown.clone());
     tracker.spawn(async move {

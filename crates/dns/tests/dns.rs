@@ -537,6 +537,22 @@ async fn hostile_packets_neither_crash_nor_stall() -> Result<()> {
         (0x1234, ResponseCode::FormErr)
     );
 
+    // Only EDNS version 0 and plain queries are served.
+    let mut v1 = query(&fqdn("api.default.svc"), RecordType::A, Some(1232))?;
+    if let Some(edns) = v1.edns.as_mut() {
+        edns.set_version(1);
+    }
+    let m = exchange_udp(at, &v1).await?;
+    // 16 is both BADVERS and BADSIG; hickory decodes it as the latter.
+    assert_eq!(
+        u16::from(m.metadata.response_code),
+        u16::from(ResponseCode::BADVERS)
+    );
+    let mut notify = query(&fqdn("api.default.svc"), RecordType::SOA, None)?;
+    notify.metadata.op_code = OpCode::Notify;
+    let m = exchange_udp(at, &notify).await?;
+    assert_eq!(m.metadata.response_code, ResponseCode::NotImp);
+
     // A response sent to the server is dropped, not answered (no reflection).
     let mut reflected = query(&fqdn("api.default.svc"), RecordType::A, None)?;
     reflected.metadata.message_type = MessageType::Response;
@@ -684,5 +700,39 @@ async fn busybox_nslookup_resolves_cluster_names() -> Result<()> {
         )),
         "{stdout}"
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn shared_informers_outlive_a_stopped_server() -> Result<()> {
+    let c = web_cluster().await?;
+    let informers = control::informer::Informers::default();
+    let shutdown = CancellationToken::new();
+    let cfg = || dns::Config {
+        listen: vec!["127.0.0.1:0".parse().expect("loopback address")],
+        domain: DOMAIN.to_string(),
+        upstream: Vec::new(),
+        ttl: 5,
+    };
+    let mut first =
+        dns::start_with(&informers, c.server.client.clone(), cfg(), shutdown.clone()).await?;
+    tokio::time::timeout(Duration::from_secs(10), first.synced()).await?;
+    let m = udp(first.addrs()[0], &fqdn("api.default.svc"), RecordType::A).await?;
+    assert_eq!(answers(&m), ["A 10.43.7.20"]);
+    first.stop().await?;
+
+    // A second server on the same informers starts from their caches.
+    let second =
+        dns::start_with(&informers, c.server.client.clone(), cfg(), shutdown.clone()).await?;
+    tokio::time::timeout(Duration::from_secs(10), second.synced()).await?;
+    let m = udp(
+        second.addrs()[0],
+        &fqdn("web-0.web.default.svc"),
+        RecordType::A,
+    )
+    .await?;
+    assert_eq!(answers(&m), ["A 10.42.0.5"]);
+    shutdown.cancel();
+    second.wait().await?;
     Ok(())
 }

@@ -573,6 +573,15 @@ fn objects_the_dns_cannot_use_are_ignored() {
         ask(&index, "badext.default.svc.cluster.local.", RecordType::A),
         "NXDOMAIN"
     );
+    index.apply_service(&service(
+        "default",
+        "ipext",
+        json!({"type": "ExternalName", "externalName": "192.0.2.7"}),
+    ));
+    assert_eq!(
+        ask(&index, "ipext.default.svc.cluster.local.", RecordType::A),
+        "NXDOMAIN"
+    );
 }
 
 #[test]
