@@ -14,6 +14,9 @@
 //! truncated with the TC bit so the client retries over TCP. A malformed message gets FORMERR
 //! (or nothing, when not even a header can be read); a message with other than one question
 //! gets FORMERR.
+//!
+//! hickory-server logs every request at INFO under the `hickory_server` target: a process that
+//! logs at INFO should filter it (`info,hickory_server=warn`), or each query costs two lines.
 
 mod forward;
 pub mod index;
@@ -121,10 +124,24 @@ impl Running {
     }
 
     /// Serves until the `shutdown` token given to `start` is cancelled, then stops the watches
-    /// and the listeners and waits for them.
+    /// and the listeners and waits for them. A listener that fails (its socket gone) ends the
+    /// server with that error.
     pub async fn wait(mut self) -> Result<()> {
-        self.shutdown.cancelled().await;
-        self.stop().await
+        let failed = tokio::select! {
+            _ = self.shutdown.cancelled() => None,
+            ended = self.server.block_until_done() => Some(ended),
+        };
+        match failed {
+            None => self.stop().await,
+            Some(ended) => {
+                // The listeners are done already; stop the rest.
+                self.server.shutdown_token().cancel();
+                self.stop.cancel();
+                self.tracker.close();
+                self.tracker.wait().await;
+                ended.map_err(Error::Serve)
+            }
+        }
     }
 
     /// Stops now: no new queries, the watches end, in-flight answers are awaited.
