@@ -104,6 +104,13 @@ impl Metrics {
         self.lock().failures += 1;
     }
 
+    /// Drops the latency and sync-time samples (counters stay): for measuring one phase.
+    pub fn clear_samples(&self) {
+        let mut m = self.lock();
+        m.latency.clear();
+        m.sync.clear();
+    }
+
     pub fn snapshot(&self) -> Snapshot {
         let m = self.lock();
         Snapshot {

@@ -20,8 +20,8 @@
 //! not pods that have finished (their address may already be someone else's), not pods
 //! without an IPv4 `podIP`. The cluster is IPv4-only; IPv6 `ipBlock`s match nothing.
 
-use std::borrow::Borrow;
-use std::collections::{BTreeMap, BTreeSet};
+use std::borrow::{Borrow, Cow};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::net::Ipv4Addr;
 
@@ -259,45 +259,81 @@ impl<'a> PodView<'a> {
     }
 }
 
-/// Everything the rules are computed from.
+/// Everything the rules are computed from, indexed for the lookups the rules need.
 struct Cluster<'a> {
     pods: Vec<PodView<'a>>,
+    /// Indexes into `pods`: by namespace, of this node's pods, by address.
+    by_namespace: BTreeMap<&'a str, Vec<usize>>,
+    local: Vec<usize>,
+    by_ip: HashMap<Ipv4Addr, usize>,
     namespace_labels: BTreeMap<&'a str, BTreeMap<String, String>>,
 }
 
 impl<'a> Cluster<'a> {
+    fn new(
+        pods: Vec<PodView<'a>>,
+        namespace_labels: BTreeMap<&'a str, BTreeMap<String, String>>,
+    ) -> Self {
+        let mut by_namespace: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        let mut local = Vec::new();
+        let mut by_ip = HashMap::new();
+        for (i, pod) in pods.iter().enumerate() {
+            by_namespace.entry(pod.namespace).or_default().push(i);
+            if pod.local {
+                local.push(i);
+            }
+            for ip in &pod.ips {
+                by_ip.entry(*ip).or_insert(i);
+            }
+        }
+        Cluster {
+            pods,
+            by_namespace,
+            local,
+            by_ip,
+            namespace_labels,
+        }
+    }
+
     /// A namespace's labels; a namespace not seen yet still has its name label.
-    fn namespace_labels(&self, namespace: &str) -> std::borrow::Cow<'_, BTreeMap<String, String>> {
+    fn namespace_labels(&self, namespace: &str) -> Cow<'_, BTreeMap<String, String>> {
         match self.namespace_labels.get(namespace) {
-            Some(labels) => std::borrow::Cow::Borrowed(labels),
-            None => std::borrow::Cow::Owned(BTreeMap::from([(
+            Some(labels) => Cow::Borrowed(labels),
+            None => Cow::Owned(BTreeMap::from([(
                 NAMESPACE_NAME_LABEL.to_owned(),
                 namespace.to_owned(),
             )])),
         }
     }
 
+    fn in_namespace<'s>(&'s self, namespace: &str) -> impl Iterator<Item = &'s PodView<'a>> + 's {
+        let indexes = self.by_namespace.get(namespace).map(Vec::as_slice);
+        indexes.unwrap_or_default().iter().map(|&i| &self.pods[i])
+    }
+
     /// The pods a selector peer picks (none for an `ipBlock` peer).
-    fn peer_pods<'s>(
-        &'s self,
-        peer: &'s NetworkPolicyPeer,
-        policy_namespace: &'s str,
-    ) -> impl Iterator<Item = &'s PodView<'a>> + 's {
-        let selects = peer.pod_selector.is_some() || peer.namespace_selector.is_some();
-        self.pods.iter().filter(move |pod| {
-            if !selects {
-                return false;
-            }
-            let in_namespace = match &peer.namespace_selector {
-                Some(sel) => selector::matches(sel, &self.namespace_labels(pod.namespace)),
-                None => pod.namespace == policy_namespace,
-            };
-            in_namespace
-                && peer
-                    .pod_selector
+    fn peer_pods(&self, peer: &NetworkPolicyPeer, policy_namespace: &str) -> Vec<&PodView<'a>> {
+        if peer.pod_selector.is_none() && peer.namespace_selector.is_none() {
+            return Vec::new();
+        }
+        let namespaces: Vec<&str> = match &peer.namespace_selector {
+            Some(sel) => self
+                .by_namespace
+                .keys()
+                .copied()
+                .filter(|ns| selector::matches(sel, &self.namespace_labels(ns)))
+                .collect(),
+            None => vec![policy_namespace],
+        };
+        namespaces
+            .into_iter()
+            .flat_map(|ns| self.in_namespace(ns))
+            .filter(|pod| {
+                peer.pod_selector
                     .as_ref()
                     .is_none_or(|sel| selector::matches(sel, pod.labels))
-        })
+            })
+            .collect()
     }
 }
 
@@ -309,12 +345,11 @@ where
     Q: Borrow<Pod>,
     N: Borrow<Namespace>,
 {
-    let cluster = Cluster {
-        pods: pods
-            .iter()
+    let cluster = Cluster::new(
+        pods.iter()
             .filter_map(|p| PodView::new(p.borrow(), node))
             .collect(),
-        namespace_labels: namespaces
+        namespaces
             .iter()
             .filter_map(|ns| {
                 let ns = ns.borrow();
@@ -326,7 +361,7 @@ where
                 Some((name, labels))
             })
             .collect(),
-    };
+    );
     let mut sorted: Vec<(PolicyRef, &NetworkPolicy)> = policies
         .iter()
         .filter_map(|p| {
@@ -344,9 +379,10 @@ where
     for (key, policy) in sorted {
         let Some(spec) = &policy.spec else { continue };
         let targets: Vec<&PodView> = cluster
-            .pods
+            .local
             .iter()
-            .filter(|pod| pod.local && pod.namespace == key.namespace)
+            .map(|&i| &cluster.pods[i])
+            .filter(|pod| pod.namespace == key.namespace)
             .filter(|pod| {
                 spec.pod_selector
                     .as_ref()
@@ -464,6 +500,7 @@ fn compile_rule(
             if !peer_sets.contains_key(&key) {
                 let ips = cluster
                     .peer_pods(peer, &policy.namespace)
+                    .into_iter()
                     .flat_map(|pod| pod.ips.iter().copied())
                     .collect();
                 peer_sets.insert(key.clone(), ips);
@@ -519,20 +556,22 @@ fn compile_rule(
             (Direction::Ingress, _) => targets.to_vec(),
             (Direction::Egress, Peers::Any) => cluster.pods.iter().collect(),
             (Direction::Egress, Peers::Only { selectors, blocks }) => {
-                let peer = |ip: &Ipv4Addr| {
-                    selectors
-                        .iter()
-                        .any(|s| peer_sets.get(s).is_some_and(|set| set.contains(ip)))
-                        || blocks
-                            .iter()
-                            .flatten()
-                            .any(|b| (b.first..=b.last).contains(ip))
-                };
-                cluster
-                    .pods
+                let by_selector = selectors
                     .iter()
-                    .filter(|pod| pod.ips.iter().any(peer))
-                    .collect()
+                    .filter_map(|s| peer_sets.get(s))
+                    .flatten()
+                    .filter_map(|ip| cluster.by_ip.get(ip).copied());
+                let mut holders: BTreeSet<usize> = by_selector.collect();
+                let blocks = blocks.as_deref().unwrap_or_default();
+                if !blocks.is_empty() {
+                    let in_blocks =
+                        |ip: &Ipv4Addr| blocks.iter().any(|b| (b.first..=b.last).contains(ip));
+                    holders.extend(
+                        (0..cluster.pods.len())
+                            .filter(|&i| cluster.pods[i].ips.iter().any(in_blocks)),
+                    );
+                }
+                holders.into_iter().map(|i| &cluster.pods[i]).collect()
             }
         };
         let mut resolved = BTreeSet::new();

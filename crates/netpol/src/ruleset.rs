@@ -91,11 +91,21 @@ fn hash_id(key: &str, salt: u32) -> String {
     format!("{hash:016x}")
 }
 
-/// A comment of at most 128 bytes (nftables' limit); names are ASCII.
+/// A comment: printable ASCII other than `"` and `\\` (anything else becomes `?`), at most
+/// 120 bytes (nftables allows 128).
 fn comment(text: String) -> String {
-    let mut text = text;
-    text.truncate(120);
-    format!("comment \"{text}\";")
+    let mut clean: String = text
+        .chars()
+        .map(|c| {
+            if (c.is_ascii_graphic() || c == ' ') && c != '"' && c != '\\' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect();
+    clean.truncate(120);
+    format!("comment \"{clean}\";")
 }
 
 fn proto_name(p: Protocol) -> &'static str {

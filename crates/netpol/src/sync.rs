@@ -19,8 +19,9 @@ use crate::nft::{self, Backend};
 use crate::ruleset::Ruleset;
 use crate::{Config, Error, model};
 
-/// How long the first change of a burst waits for more before the rules are recomputed.
-pub const COALESCE: Duration = Duration::from_millis(30);
+/// Least time between the starts of two transactions (kube-proxy's `minSyncPeriod`): a change
+/// after a quiet spell is applied at once, the changes of a burst are coalesced.
+pub const MIN_INTERVAL: Duration = Duration::from_millis(30);
 /// Retry delays after a failed transaction (the next attempt rewrites the whole table).
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -190,6 +191,7 @@ pub(crate) async fn run_loop<B: Backend>(
     let mut synced = [false; 3];
     // The first change not yet in the kernel, and when a failed transaction may be retried.
     let mut pending: Option<Instant> = None;
+    let mut last_start: Option<Instant> = None;
     let mut retry_at: Option<Instant> = None;
     let mut backoff = BACKOFF_MIN;
     let mut resync = tokio::time::interval_at(Instant::now() + RESYNC, RESYNC);
@@ -198,7 +200,9 @@ pub(crate) async fn run_loop<B: Backend>(
         let due = match (synced.iter().all(|s| *s), retry_at, pending) {
             (false, _, _) | (true, None, None) => None,
             (true, Some(at), _) => Some(at),
-            (true, None, Some(since)) => Some(since + COALESCE),
+            (true, None, Some(since)) => {
+                Some(last_start.map_or(since, |last| since.max(last + MIN_INTERVAL)))
+            }
         };
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
@@ -221,6 +225,7 @@ pub(crate) async fn run_loop<B: Backend>(
             _ = sleep_until(due), if due.is_some() => {
                 let since = pending.take().unwrap_or_else(Instant::now);
                 let started = Instant::now();
+                last_start = Some(started);
                 let desired = caches.desired(&cfg).await?;
                 let size = desired.size();
                 match syncer.apply(desired).await {

@@ -11,7 +11,9 @@ use anyhow::{Context as _, Result, ensure};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::{Value, json};
-use support::{Enforcer, Lab, TestPod, connects, fetch, namespace, root_ruleset, wait_isolated};
+use support::{
+    Enforcer, Lab, TestPod, connects, fetch, namespace, root_ruleset, wait_isolated, wait_policies,
+};
 use testkit::TestServer;
 
 const HELLO_SERVER: &str = "hello from server\n";
@@ -279,10 +281,7 @@ async fn namespace_selectors_and_ip_blocks() -> Result<()> {
                    "podSelector": {"matchLabels": {"app": "client"}}}]}]}),
     )
     .await?;
-    testkit::wait_for("team-b to get in", Duration::from_secs(3), || async {
-        connects(&b.netns, web.ip, 80).await.then_some(())
-    })
-    .await?;
+    wait_policies(&node, &["default/from-team-b"], &["default/from-team-a"]).await?;
     expect(&[
         ("team-a", &a, web.ip, 80, false),
         ("team-b", &b, web.ip, 80, true),
@@ -300,10 +299,7 @@ async fn namespace_selectors_and_ip_blocks() -> Result<()> {
                "ingress": [{"from": [{"ipBlock": {"cidr": "10.42.0.0/24", "except": [except]}}]}]}),
     )
     .await?;
-    testkit::wait_for("the ipBlock policy", Duration::from_secs(3), || async {
-        connects(&a.netns, web.ip, 80).await.then_some(())
-    })
-    .await?;
+    wait_policies(&node, &["default/from-block"], &["default/from-team-b"]).await?;
     expect(&[
         ("inside the block", &a, web.ip, 80, true),
         ("inside the block too", &local, web.ip, 80, true),
@@ -404,10 +400,10 @@ async fn egress_rules_and_named_ports() -> Result<()> {
                "egress": [{"ports": [{"port": "http"}]}]}),
     )
     .await?;
-    testkit::wait_for(
-        "the named-port egress rule",
-        Duration::from_secs(3),
-        || async { connects(&c.netns, web.ip, 80).await.then_some(()) },
+    wait_policies(
+        &node,
+        &["default/client-egress-http"],
+        &["default/client-egress"],
     )
     .await?;
     expect(&[
@@ -446,9 +442,11 @@ async fn egress_rules_and_named_ports() -> Result<()> {
                "ingress": [{"ports": [{"port": 9000, "endPort": 9100}, {"protocol": "UDP", "port": 80}]}]}),
     )
     .await?;
-    testkit::wait_for("the port-range rule", Duration::from_secs(3), || async {
-        (!connects(&c.netns, web.ip, 80).await).then_some(())
-    })
+    wait_policies(
+        &node,
+        &["default/server-range"],
+        &["default/server-metrics"],
+    )
     .await?;
     expect(&[
         ("9090 within 9000-9100", &c, web.ip, 9090, true),

@@ -225,6 +225,15 @@ fn rules_combine_peers_and_ports_per_direction() {
 }
 
 #[test]
+fn comments_cannot_break_out_of_their_quotes() {
+    assert_eq!(
+        comment("pods(x \"Like\" (a)) in ns\\é\n".into()),
+        "comment \"pods(x ?Like? (a)) in ns???\";"
+    );
+    assert_eq!(comment("x".repeat(300)).len(), "comment \"\";".len() + 120);
+}
+
+#[test]
 fn ranges_render_as_addresses_blocks_or_spans() {
     let r = |a: &str, b: &str| {
         range_element(&IpRange {

@@ -333,3 +333,29 @@ pub async fn wait_isolated(node: &TestNode, map: &str, ip: Ipv4Addr, isolated: b
     })
     .await
 }
+
+/// Waits until the node's table holds the chains of the policies `present` (`namespace/name`)
+/// and none of `absent`: the kernel has caught up with the API.
+pub async fn wait_policies(node: &TestNode, present: &[&str], absent: &[&str]) -> Result<()> {
+    let netns = node.netns.clone();
+    let what = format!("policies {present:?} in the table and {absent:?} out of it");
+    let (present, absent): (Vec<String>, Vec<String>) = (
+        present.iter().map(|p| format!("comment \"{p} ")).collect(),
+        absent.iter().map(|p| format!("comment \"{p} ")).collect(),
+    );
+    testkit::wait_for(&what, Duration::from_secs(10), || {
+        let (netns, present, absent) = (netns.clone(), present.clone(), absent.clone());
+        async move {
+            let listed = tokio::task::spawn_blocking(move || {
+                exec_in(&netns, "nft", &["list", "table", "inet", "skiff-netpol"])
+            })
+            .await
+            .ok()?
+            .ok()?;
+            let ok = present.iter().all(|p| listed.contains(p.as_str()))
+                && !absent.iter().any(|p| listed.contains(p.as_str()));
+            ok.then_some(())
+        }
+    })
+    .await
+}
