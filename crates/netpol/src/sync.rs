@@ -197,13 +197,7 @@ pub(crate) async fn run_loop<B: Backend>(
     let mut resync = tokio::time::interval_at(Instant::now() + RESYNC, RESYNC);
     let mut first = true;
     loop {
-        let due = match (synced.iter().all(|s| *s), retry_at, pending) {
-            (false, _, _) | (true, None, None) => None,
-            (true, Some(at), _) => Some(at),
-            (true, None, Some(since)) => {
-                Some(last_start.map_or(since, |last| since.max(last + MIN_INTERVAL)))
-            }
-        };
+        let due = next_transaction(synced.iter().all(|s| *s), pending, last_start, retry_at);
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             signal = signals.next() => match signal {
@@ -252,6 +246,24 @@ pub(crate) async fn run_loop<B: Backend>(
                     }
                 }
             }
+        }
+    }
+}
+
+/// When the next transaction starts: never before every cache has synced or while nothing is
+/// pending; at the retry time after a failure; else when the first pending change arrived,
+/// but not sooner than [`MIN_INTERVAL`] after the previous transaction started.
+fn next_transaction(
+    synced: bool,
+    pending: Option<Instant>,
+    last_start: Option<Instant>,
+    retry_at: Option<Instant>,
+) -> Option<Instant> {
+    match (synced, retry_at, pending) {
+        (false, _, _) | (true, None, None) => None,
+        (true, Some(at), _) => Some(at),
+        (true, None, Some(since)) => {
+            Some(last_start.map_or(since, |last| since.max(last + MIN_INTERVAL)))
         }
     }
 }
@@ -353,6 +365,48 @@ mod tests {
         );
         assert!(!scripts[1].contains("delete table"));
         assert!(scripts[3].starts_with("add table inet t\ndelete table inet t\n"));
+    }
+
+    #[test]
+    fn transactions_start_at_once_after_a_quiet_spell_and_are_spaced_in_a_burst() {
+        let t0 = Instant::now();
+        let ms = |n| Duration::from_millis(n);
+        let cases = [
+            ("not synced", false, Some(t0), None, None, None),
+            ("nothing pending", true, None, Some(t0), None, None),
+            ("first change", true, Some(t0), None, None, Some(t0)),
+            (
+                "quiet spell",
+                true,
+                Some(t0 + ms(100)),
+                Some(t0),
+                None,
+                Some(t0 + ms(100)),
+            ),
+            (
+                "burst",
+                true,
+                Some(t0 + ms(5)),
+                Some(t0),
+                None,
+                Some(t0 + MIN_INTERVAL),
+            ),
+            (
+                "retry",
+                true,
+                Some(t0),
+                Some(t0),
+                Some(t0 + ms(500)),
+                Some(t0 + ms(500)),
+            ),
+        ];
+        for (what, synced, pending, last, retry, want) in cases {
+            assert_eq!(
+                next_transaction(synced, pending, last, retry),
+                want,
+                "{what}"
+            );
+        }
     }
 
     #[test]
