@@ -235,6 +235,7 @@ async fn start_node(
 ) -> Result<Node> {
     let client = server.client.clone();
     let mut cfg = NodeConfig::new("n1".into(), Ipv4Addr::LOCALHOST, dir.path().join("agent"));
+    cfg.pod_cidr = Some("10.42.0.0/24".into());
     let reg = register(&client, &mut cfg).await?;
     let stop = CancellationToken::new();
     let task = {

@@ -12,14 +12,14 @@ use std::path::{Path, PathBuf};
 
 use futures::TryStreamExt;
 use rtnetlink::packet_route::address::AddressAttribute;
-use rtnetlink::packet_route::route::{
-    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol,
-};
 use rtnetlink::packet_route::link::{
     InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
+use rtnetlink::packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol,
+};
 use rtnetlink::{
-    LinkBridge, LinkDummy, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
+    LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
 };
 use tokio::task::JoinHandle;
 
@@ -191,17 +191,6 @@ impl Netlink {
             .map_err(|e| self.err(format!("creating bridge {name}"), e))
     }
 
-    /// Creates a dummy link (a place for addresses the node answers on itself).
-    pub async fn add_dummy(&self, name: &str) -> Result<()> {
-        let msg = LinkDummy::new(name).build();
-        self.handle
-            .link()
-            .add(msg)
-            .execute()
-            .await
-            .map_err(|e| self.err(format!("creating dummy link {name}"), e))
-    }
-
     /// Creates a veth pair: `name` here, `peer` in the namespace open at `peer_netns`, both with
     /// `mtu`.
     pub async fn add_veth(
@@ -226,6 +215,36 @@ impl Netlink {
             .execute()
             .await
             .map_err(|e| self.err(format!("creating veth pair {name}/{peer}"), e))
+    }
+
+    /// Makes bridged IPv4 traffic on bridge `link` pass the `ip`/`inet` netfilter hooks (the
+    /// bridge's own `nf_call_iptables` option, not the global sysctl), so NetworkPolicy rules see
+    /// packets between pods on the node.
+    pub async fn set_bridge_nf_call_iptables(&self, link: &Link) -> Result<()> {
+        use rtnetlink::packet_route::link::InfoBridge;
+        let msg = LinkMessageBuilder::<LinkBridge>::new(&link.name)
+            .index(link.index)
+            .append_info_data(InfoBridge::NfCallIpTables(true))
+            .build();
+        self.handle.link().change(msg).execute().await.map_err(|e| {
+            self.err(
+                format!("setting nf_call_iptables on bridge {}", link.name),
+                e,
+            )
+        })
+    }
+
+    /// Turns on hairpin mode on bridge port `link`, so a frame may leave by the port it came
+    /// in: a pod reaching a Service that load-balances back to the pod itself. (Port options
+    /// travel in `RTM_NEWLINK`; `RTM_SETLINK` ignores them silently.)
+    pub async fn set_bridge_port_hairpin(&self, link: &Link) -> Result<()> {
+        let msg = LinkBridgePort::new(link.index).hairpin(true).build();
+        self.handle.link().change(msg).execute().await.map_err(|e| {
+            self.err(
+                format!("setting hairpin mode on bridge port {}", link.name),
+                e,
+            )
+        })
     }
 
     pub async fn set_link(&self, link: &Link, change: LinkChange) -> Result<()> {
@@ -415,7 +434,13 @@ impl Netlink {
 
     /// Deletes the route `r`; a route already gone is not an error.
     pub async fn delete_route(&self, r: &Route) -> Result<()> {
-        match self.handle.route().del(Self::route_message(r)).execute().await {
+        match self
+            .handle
+            .route()
+            .del(Self::route_message(r))
+            .execute()
+            .await
+        {
             Ok(()) => Ok(()),
             Err(e) if errno(&e) == Some(ESRCH) => Ok(()),
             Err(e) => {

@@ -11,6 +11,9 @@
 //!   the cluster's pod CIDR unless it answers a connection made to them or was sent to a
 //!   Service (DNATed by the service proxy, e.g. to the API server's address): with forwarding
 //!   on, nothing from a pod leaves through the node's uplink.
+//! - Bridged traffic between the node's pods passes the `ip`/`inet` netfilter hooks (the
+//!   bridge's `nf_call_iptables` option, not the global sysctl), so NetworkPolicy rules and the
+//!   service proxy see it.
 //! - The cluster DNS address is put on the pod bridge (as a /32: no route comes with it), so
 //!   the node answers DNS on it itself, like NodeLocal DNSCache, without a DNAT. (Not a dummy
 //!   link: this machine's kernel has none; the bridge also goes away with the node.)
@@ -84,14 +87,15 @@ impl NodeNetwork {
             })?;
         }
         nft(&guard_script(&cfg.bridge, cfg.cluster_cidr))?;
-        if let Some(dns) = cfg.cluster_dns {
-            let bridge = nl
-                .link(&cfg.bridge)
-                .await?
-                .ok_or_else(|| Error::NoBridge(cfg.bridge.clone()))?;
-            if !nl.ipv4_addresses(&bridge).await?.contains(&(dns, 32)) {
-                nl.add_address(&bridge, dns, 32).await?;
-            }
+        let bridge = nl
+            .link(&cfg.bridge)
+            .await?
+            .ok_or_else(|| Error::NoBridge(cfg.bridge.clone()))?;
+        nl.set_bridge_nf_call_iptables(&bridge).await?;
+        if let Some(dns) = cfg.cluster_dns
+            && !nl.ipv4_addresses(&bridge).await?.contains(&(dns, 32))
+        {
+            nl.add_address(&bridge, dns, 32).await?;
         }
         info!(bridge = %cfg.bridge, forwarding = ?forwarding, "node network prepared");
         Ok(NodeNetwork { nl, cfg })

@@ -504,6 +504,7 @@ impl PodNetwork {
             up: true,
         };
         self.node.set_link(&host, attach).await?;
+        self.node.set_bridge_port_hairpin(&host).await?;
 
         let lo = pod.link("lo").await?.ok_or_else(|| vanished("lo"))?;
         pod.set_link(

@@ -20,7 +20,9 @@ fn in_node<T: Send + 'static>(node: &TestNode, f: impl FnOnce() -> T + Send + 's
 fn prepares_forwarding_guard_dns_and_syncs_routes() {
     let node = TestNode::new("nodenet");
     // The node's uplink: a veth whose peer stays in the node namespace too.
-    node.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "peer0"]);
+    node.ip(&[
+        "link", "add", "eth0", "type", "veth", "peer", "name", "peer0",
+    ]);
     node.ip(&["addr", "add", "172.30.9.2/24", "dev", "eth0"]);
     node.ip(&["link", "set", "eth0", "up"]);
     node.ip(&["link", "set", "peer0", "up"]);
@@ -56,6 +58,8 @@ fn prepares_forwarding_guard_dns_and_syncs_routes() {
         })
     });
     let (_, b) = result.expect("preparing the node network");
+    let details = node.ip(&["-d", "link", "show", "br-test"]);
+    assert!(details.contains("nf_call_iptables 1"), "{details}");
     let fwd = |link: &str| {
         support::exec_in(
             &node.netns,

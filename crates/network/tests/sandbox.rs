@@ -132,6 +132,9 @@ async fn pods_reach_each_other_and_the_node_reaches_them() -> Result<()> {
         port.contains("master skiff0") && port.contains("mtu 1500"),
         "{port}"
     );
+    // Hairpin: a pod may reach itself through a Service.
+    let port = node.ip(&["-d", "-o", "link", "show", &a.host_veth]);
+    ensure!(port.contains("hairpin on"), "{port}");
     // No forwarding switched on, no route towards anything but the subnet.
     assert_eq!(forwarding(), forwarding_before);
     assert_eq!(

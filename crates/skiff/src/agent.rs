@@ -87,9 +87,17 @@ pub struct NodeArgs {
     /// The cluster domain.
     #[arg(long, default_value = "cluster.local")]
     pub cluster_domain: String,
-    /// The node's pod CIDR when the cluster does not assign one.
-    #[arg(long, default_value = "10.42.0.0/24")]
-    pub pod_cidr: String,
+    /// The node's pod CIDR (default: the one the cluster assigns, from its --cluster-cidr).
+    #[arg(long, value_parser = cidr)]
+    pub pod_cidr: Option<String>,
+    /// The cluster's pod CIDR: holds every node's pod CIDR; the server hands them out of it,
+    /// nodes route between them, and pods may send nowhere outside it (but to Services).
+    #[arg(long, default_value = "10.42.0.0/16", value_parser = cidr)]
+    pub cluster_cidr: String,
+    /// Run the node inside this network namespace (a path, or a name under /run/netns), as
+    /// `skiff cluster` does for each of its nodes.
+    #[arg(long)]
+    pub node_netns: Option<PathBuf>,
     /// Name of the bridge pods attach to (give each agent on one machine its own).
     #[arg(long, default_value = "skiff0")]
     pub bridge_name: String,
@@ -115,6 +123,7 @@ impl NodeArgs {
         cfg.cluster_dns = self.cluster_dns;
         cfg.cluster_domain = self.cluster_domain.clone();
         cfg.pod_cidr = self.pod_cidr.clone();
+        cfg.cluster_cidr = self.cluster_cidr.clone();
         cfg.bridge = self.bridge_name.clone();
         cfg.eviction_hard = self.eviction_hard;
         for l in &self.node_labels {
@@ -132,6 +141,26 @@ impl NodeArgs {
             runc: self.runc.clone(),
         })
     }
+}
+
+fn cidr(s: &str) -> Result<String, String> {
+    s.parse::<network::Ipv4Cidr>()
+        .map(|c| c.to_string())
+        .map_err(|e| e.to_string())
+}
+
+/// Moves this process into the node's network namespace. Call it before any thread starts:
+/// threads made later inherit it, the ones before would not.
+pub fn enter_node_netns(netns: &Path) -> Result<()> {
+    let path = if netns.components().count() == 1 {
+        Path::new("/run/netns").join(netns)
+    } else {
+        netns.to_path_buf()
+    };
+    let f = std::fs::File::open(&path)
+        .with_context(|| format!("opening network namespace {}", path.display()))?;
+    nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
+        .with_context(|| format!("entering network namespace {}", path.display()))
 }
 
 fn eviction_hard(s: &str) -> Result<kubelet::node::pressure::Thresholds, String> {
@@ -178,6 +207,9 @@ fn outbound_ip() -> Ipv4Addr {
 }
 
 pub fn run(args: AgentArgs) -> Result<()> {
+    if let Some(ns) = &args.node.node_netns {
+        enter_node_netns(ns)?;
+    }
     crate::init_logging();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -45,6 +45,17 @@ pub struct ControlPlaneArgs {
     /// How long an HPA keeps a higher recommendation before scaling down (upstream: 5m).
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     pub hpa_downscale_stabilization: Duration,
+    /// The prefix length of each Node's pod CIDR, cut from --cluster-cidr.
+    #[arg(long, default_value_t = 24)]
+    pub node_cidr_mask_size: u8,
+}
+
+impl ControlPlaneArgs {
+    /// Checks the flags against the cluster CIDR (the node's --cluster-cidr).
+    pub fn check(&self, cluster_cidr: controllers::nodeipam::Ipv4Net) -> Result<()> {
+        controllers::nodeipam::CidrSet::new(cluster_cidr, self.node_cidr_mask_size)?;
+        Ok(())
+    }
 }
 
 /// An API client of `server` for the component `name`.
@@ -56,6 +67,7 @@ pub fn loopback_client(server: &Arc<ApiServer>, name: &str) -> kube::Client {
 pub fn start(
     server: &Arc<ApiServer>,
     args: &ControlPlaneArgs,
+    cluster_cidr: controllers::nodeipam::Ipv4Net,
     shutdown: CancellationToken,
 ) -> Result<JoinSet<()>> {
     let mut tasks = JoinSet::new();
@@ -65,6 +77,8 @@ pub fn start(
             node_monitor_grace_period: args.node_monitor_grace_period,
             hpa_sync_period: args.hpa_sync_period,
             hpa_downscale_stabilization: args.hpa_downscale_stabilization,
+            cluster_cidr,
+            node_cidr_mask_size: args.node_cidr_mask_size,
             ..Default::default()
         };
         let (client, shutdown) = (client.clone(), shutdown.clone());

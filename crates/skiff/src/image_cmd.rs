@@ -119,7 +119,7 @@ fn open(dir: &DataDir) -> Result<ImageStore> {
     Ok(ImageStore::open(&agent)?)
 }
 
-fn import(store: &ImageStore, file: &std::path::Path) -> Result<()> {
+pub(crate) fn import(store: &ImageStore, file: &std::path::Path) -> Result<()> {
     let start = std::time::Instant::now();
     let mut bar = Bar::new();
     let infos = store

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 mod agent;
 mod bench;
+mod cluster;
 mod control_plane;
 mod image_cmd;
 
@@ -41,6 +42,9 @@ enum Command {
     Agent(agent::AgentArgs),
     /// Manage the node's OCI images: import, ls, rm, pull.
     Image(image_cmd::ImageArgs),
+    /// A multi-node cluster on this machine, each node in its own network namespace: up,
+    /// load, down.
+    Cluster(cluster::ClusterArgs),
 }
 
 #[derive(Parser, Clone)]
@@ -139,6 +143,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(args),
         Command::Agent(args) => agent::run(args),
         Command::Image(args) => image_cmd::run(args),
+        Command::Cluster(args) => cluster::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -151,7 +156,7 @@ fn main() -> ExitCode {
 
 pub(crate) fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SKIFF_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,hickory_server=warn"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -159,6 +164,9 @@ pub(crate) fn init_logging() {
 }
 
 fn run_server(args: ServerArgs) -> Result<()> {
+    if let Some(ns) = &args.node.node_netns {
+        agent::enter_node_netns(ns)?;
+    }
     init_logging();
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -181,9 +189,12 @@ fn run_server(args: ServerArgs) -> Result<()> {
             },
             advertise_address: args.advertise_address,
         };
+        let cluster_cidr = controllers::nodeipam::parse_cluster_cidr(&args.node.cluster_cidr)?;
+        args.control.check(cluster_cidr)?;
         let running = apiserver::start(cfg).await?;
         let loops = CancellationToken::new();
-        let mut tasks = control_plane::start(&running.server, &args.control, loops.clone())?;
+        let mut tasks =
+            control_plane::start(&running.server, &args.control, cluster_cidr, loops.clone())?;
         if !args.disable_agent {
             // The embedded agent: this machine as a node, talking to the API in-process.
             let agent_dir = data_dir.join("agent");

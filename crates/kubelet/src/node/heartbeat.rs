@@ -57,6 +57,10 @@ impl Heartbeat {
         if !self.cfg.taints.is_empty() {
             spec["taints"] = json!(self.cfg.taints);
         }
+        if let Some(cidr) = &self.cfg.pod_cidr {
+            spec["podCIDR"] = json!(cidr);
+            spec["podCIDRs"] = json!([cidr]);
+        }
         let obj: Node = serde_json::from_value(json!({
             "apiVersion": "v1",
             "kind": "Node",
@@ -78,7 +82,39 @@ impl Heartbeat {
             }
             Err(e) => return Err(e).with_context(|| format!("registering node {name}")),
         };
-        Ok(node.spec.and_then(|s| s.pod_cidr).filter(|c| !c.is_empty()))
+        let assigned = node.spec.and_then(|s| s.pod_cidr).filter(|c| !c.is_empty());
+        if let (Some(have), Some(want)) = (&assigned, &self.cfg.pod_cidr)
+            && have != want
+        {
+            // spec.podCIDR is immutable: the node keeps the CIDR it registered with first.
+            tracing::warn!(node = %name, registered = %have, flag = %want,
+                "the node already has a pod CIDR; --pod-cidr is ignored");
+        }
+        Ok(assigned)
+    }
+
+    /// Polls the Node until the cluster has assigned it a pod CIDR.
+    pub async fn wait_for_pod_cidr(&self, timeout: std::time::Duration) -> Result<String> {
+        let name = &self.cfg.node_name;
+        let deadline = tokio::time::Instant::now() + timeout;
+        tracing::info!(node = %name, "waiting for the cluster to assign a pod CIDR");
+        loop {
+            let node = self
+                .nodes()
+                .get(name)
+                .await
+                .with_context(|| format!("reading node {name}"))?;
+            if let Some(c) = node.spec.and_then(|s| s.pod_cidr).filter(|c| !c.is_empty()) {
+                return Ok(c);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                anyhow::bail!(
+                    "node {name} got no pod CIDR within {timeout:?}: is the node IPAM controller \
+                     running (skiff server --cluster-cidr)? Or pass --pod-cidr"
+                );
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
     }
 
     fn status_patch(&self, node: Option<&Node>, now: Timestamp) -> Value {

@@ -12,6 +12,7 @@ mod manager;
 pub mod pressure;
 pub mod probes;
 pub mod real;
+pub mod routes;
 pub mod spec;
 pub mod status;
 pub mod storage;
@@ -47,8 +48,12 @@ pub struct NodeConfig {
     pub status_interval: Duration,
     pub cluster_dns: Ipv4Addr,
     pub cluster_domain: String,
-    /// Used when the cluster does not assign the node a pod CIDR.
-    pub pod_cidr: String,
+    /// The node's pod CIDR, registered in `spec.podCIDR`; `None`: wait for the cluster (the
+    /// node IPAM controller) to assign one.
+    pub pod_cidr: Option<String>,
+    /// The cluster's pod CIDR, holding every node's: routes to the others' go via their
+    /// addresses, and pods may send nowhere else.
+    pub cluster_cidr: String,
     /// Name of the node-local bridge pods attach to.
     pub bridge: String,
     /// Hard eviction thresholds: below them the node reports pressure.
@@ -72,7 +77,8 @@ impl NodeConfig {
             status_interval: Duration::from_secs(10),
             cluster_dns: Ipv4Addr::new(10, 43, 0, 10),
             cluster_domain: "cluster.local".into(),
-            pod_cidr: "10.42.0.0/24".into(),
+            pod_cidr: None,
+            cluster_cidr: "10.42.0.0/16".into(),
             bridge: "skiff0".into(),
             eviction_hard: pressure::Thresholds::default(),
             node_cpu_millis: 0,
@@ -83,10 +89,13 @@ impl NodeConfig {
 
 /// What `register` learned.
 pub struct Registered {
-    /// The pod CIDR the cluster assigned, or the configured default.
+    /// The node's pod CIDR, as `spec.podCIDR` holds it.
     pub pod_cidr: String,
     pub machine: machine::Machine,
 }
+
+/// How long a node without `--pod-cidr` waits for the cluster to assign it one.
+const POD_CIDR_WAIT: Duration = Duration::from_secs(60);
 
 /// Registers the node and reports its first status (so the scheduler sees capacity at once).
 pub async fn register(client: &kube::Client, cfg: &mut NodeConfig) -> Result<Registered> {
@@ -104,11 +113,11 @@ pub async fn register(client: &kube::Client, cfg: &mut NodeConfig) -> Result<Reg
             cfg.eviction_hard,
         )),
     };
-    let cidr = hb.register().await?;
-    Ok(Registered {
-        pod_cidr: cidr.unwrap_or_else(|| cfg.pod_cidr.clone()),
-        machine,
-    })
+    let pod_cidr = match hb.register().await? {
+        Some(c) => c,
+        None => hb.wait_for_pod_cidr(POD_CIDR_WAIT).await?,
+    };
+    Ok(Registered { pod_cidr, machine })
 }
 
 /// Runs the node until `shutdown`: heartbeats and pod workers. Containers keep running after

@@ -815,6 +815,25 @@ pub async fn start(client: kube::Client, opts: Options, shutdown: CancellationTo
     let net = network::PodNetwork::new(bridge)
         .await
         .context("setting up the pod network")?;
+    let cluster_cidr: network::Ipv4Cidr = cfg
+        .cluster_cidr
+        .parse()
+        .map_err(|e| anyhow::anyhow!("cluster CIDR {:?}: {e}", cfg.cluster_cidr))?;
+    let node_net = network::node::NodeNetwork::prepare(network::node::NodeNetConfig {
+        bridge: cfg.bridge.clone(),
+        node_ip: cfg.node_ip,
+        cluster_cidr,
+        cluster_dns: Some(cfg.cluster_dns),
+    })
+    .await
+    .context("setting up the node's cluster network")?;
+    tokio::spawn(super::routes::run(
+        client.clone(),
+        cfg.node_name.clone(),
+        Arc::new(node_net),
+        shutdown.clone(),
+    ));
+    spawn_cluster_services(&client, &cfg, cluster_cidr, &shutdown).await;
     let cri = Arc::new(RealCri {
         runtime: Arc::new(runtime),
         images,
@@ -848,6 +867,53 @@ pub async fn start(client: kube::Client, opts: Options, shutdown: CancellationTo
     let result = super::run(client, cfg, reg.machine, cri, net, shutdown).await;
     let _ = server.await;
     result
+}
+
+/// The node's share of the cluster network beside its pods: the service proxy, NetworkPolicy
+/// enforcement and the cluster DNS on the cluster DNS address. Each runs until `shutdown`; one
+/// failing is logged and leaves the others (and the pods) running.
+async fn spawn_cluster_services(
+    client: &kube::Client,
+    cfg: &NodeConfig,
+    cluster_cidr: network::Ipv4Cidr,
+    shutdown: &CancellationToken,
+) {
+    let mut pc = proxy::Config::new(cfg.node_name.clone());
+    pc.cluster_cidr = Some(proxy::Ipv4Cidr {
+        addr: cluster_cidr.network(),
+        len: cluster_cidr.prefix_len(),
+    });
+    let (c, stop) = (client.clone(), shutdown.clone());
+    tokio::spawn(async move {
+        if let Err(e) = proxy::run(c, pc, stop).await {
+            tracing::error!("the service proxy stopped: {e}");
+        }
+    });
+    let mut nc = netpol::Config::new(cfg.node_name.clone());
+    nc.bridge = cfg.bridge.clone();
+    let (c, stop) = (client.clone(), shutdown.clone());
+    tokio::spawn(async move {
+        if let Err(e) = netpol::run(c, nc, stop).await {
+            tracing::error!("NetworkPolicy enforcement stopped: {e}");
+        }
+    });
+    let dc = dns::Config {
+        listen: vec![SocketAddr::new(cfg.cluster_dns.into(), 53)],
+        domain: cfg.cluster_domain.clone(),
+        ..Default::default()
+    };
+    match dns::start(client.clone(), dc, shutdown.clone()).await {
+        Ok(running) => {
+            tokio::spawn(async move {
+                if let Err(e) = running.wait().await {
+                    tracing::error!("the cluster DNS stopped: {e}");
+                }
+            });
+        }
+        // E.g. a second node in the same network namespace (tests): pods still resolve
+        // through the first.
+        Err(e) => tracing::warn!("not serving the cluster DNS: {e}"),
+    }
 }
 
 /// Imports tarballs dropped into `<agent>/images/` at start and every 10 s.
