@@ -108,6 +108,10 @@ def node():
             # Containers outlive the agent by design; with every pod deleted, what remains of
             # the node on this host is its bridge and its network namespace directory.
             subprocess.run(["ip", "link", "del", bridge], capture_output=True)
+            # The agent runs in this host's own namespace here: its guard, service proxy and
+            # NetworkPolicy tables are left in place on stop (as kube-proxy's are); drop them.
+            for table in (f"ip skiff-node-{bridge}", "ip skiff-proxy", "inet skiff-netpol"):
+                subprocess.run(["nft", "delete", "table", *table.split()], capture_output=True)
             netns = Path("/run/skiff") / NODE / "netns"
             subprocess.run(["umount", str(netns)], capture_output=True)
             subprocess.run(["rm", "-rf", str(netns.parent)])
