@@ -10,6 +10,7 @@ use http::{Method, StatusCode};
 use serde_json::json;
 
 mod api;
+mod net;
 mod node;
 mod scheduler;
 
@@ -21,6 +22,9 @@ enum Suite {
     Scheduler,
     /// A real node: busybox pods as real containers, next to runc.
     Node,
+    /// A two-node `skiff cluster`: pod-to-pod and pod-to-Service traffic next to plain
+    /// network namespaces, and Service rule programming with 1,000 Services.
+    Network,
 }
 
 #[derive(clap::Parser, Clone)]
@@ -76,7 +80,7 @@ pub fn run(mut args: BenchArgs) -> Result<()> {
     }
     args.total_pods = args.total_pods.max(args.pods);
     if args.suites.is_empty() {
-        args.suites = vec![Suite::Api, Suite::Scheduler, Suite::Node];
+        args.suites = vec![Suite::Api, Suite::Scheduler, Suite::Node, Suite::Network];
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -87,6 +91,7 @@ pub fn run(mut args: BenchArgs) -> Result<()> {
             Suite::Api => rt.block_on(api::bench(&args))?,
             Suite::Scheduler => rt.block_on(scheduler::bench(&args))?,
             Suite::Node => rt.block_on(node::bench(&args))?,
+            Suite::Network => rt.block_on(net::bench(&args))?,
         });
     }
     println!("{:<44} {:>12}  {:<6} target", "figure", "value", "unit");

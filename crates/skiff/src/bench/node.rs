@@ -36,7 +36,7 @@ fn pod(ns: &str, name: &str) -> Vec<u8> {
 }
 
 /// The busybox test image: `scripts/build-test-images` output, built when missing.
-fn test_image() -> Result<PathBuf> {
+pub(super) fn test_image() -> Result<PathBuf> {
     let out = PathBuf::from(
         std::env::var_os("SKIFF_TEST_IMAGES").unwrap_or_else(|| "target/test-images".into()),
     );
