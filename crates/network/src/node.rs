@@ -10,7 +10,8 @@
 //! - A guard (nftables table `ip skiff-node-<bridge>`) drops what pods send towards anything outside
 //!   the cluster's pod CIDR unless it answers a connection made to them or was sent to a
 //!   Service (DNATed by the service proxy, e.g. to the API server's address): with forwarding
-//!   on, nothing from a pod leaves through the node's uplink.
+//!   on, nothing from a pod leaves through the node's uplink. With `masquerade_outside` (off by
+//!   default) the guard instead masquerades such packets behind the node's address.
 //! - Bridged traffic between the node's pods passes the `ip`/`inet` netfilter hooks (the
 //!   bridge's `nf_call_iptables` option, not the global sysctl), so NetworkPolicy rules and the
 //!   service proxy see it.
@@ -62,6 +63,9 @@ pub struct NodeNetConfig {
     pub cluster_cidr: Ipv4Cidr,
     /// Put on the bridge, if set.
     pub cluster_dns: Option<Ipv4Addr>,
+    /// Let pods reach addresses outside the cluster, masqueraded behind the node's address
+    /// (off by default: then the guard drops such packets).
+    pub masquerade_outside: bool,
 }
 
 /// The node's cluster network in the current network namespace.
@@ -86,7 +90,11 @@ impl NodeNetwork {
                 source,
             })?;
         }
-        nft(&guard_script(&cfg.bridge, cfg.cluster_cidr))?;
+        nft(&guard_script(
+            &cfg.bridge,
+            cfg.cluster_cidr,
+            cfg.masquerade_outside,
+        ))?;
         let bridge = nl
             .link(&cfg.bridge)
             .await?
@@ -160,22 +168,36 @@ async fn uplink_of(nl: &Netlink, ip: Ipv4Addr) -> Result<Option<String>> {
 }
 
 /// The guard, replaced whole (it is three rules).
-fn guard_script(bridge: &str, cluster: Ipv4Cidr) -> String {
+fn guard_script(bridge: &str, cluster: Ipv4Cidr, masquerade_outside: bool) -> String {
     let table = guard_table(bridge);
     // `add` then `delete` then `add`: the table exists for the delete whether or not it did
     // before, and the whole script is one transaction.
-    format!(
+    let mut s = format!(
         "add table ip {table}\n\
          delete table ip {table}\n\
          table ip {table} {{\n\
          \tchain forward {{\n\
          \t\ttype filter hook forward priority filter; policy accept;\n\
          \t\tct state established,related accept\n\
-         \t\tct status dnat accept\n\
-         \t\tiifname \"{bridge}\" ip daddr != {cluster} drop\n\
-         \t}}\n\
-         }}\n"
-    )
+         \t\tct status dnat accept\n"
+    );
+    if masquerade_outside {
+        s.push_str(&format!(
+            "\t}}\n\
+             \tchain postrouting {{\n\
+             \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
+             \t\tip saddr {cluster} ip daddr != {cluster} oifname != \"{bridge}\" masquerade\n\
+             \t}}\n\
+             }}\n"
+        ));
+    } else {
+        s.push_str(&format!(
+            "\t\tiifname \"{bridge}\" ip daddr != {cluster} drop\n\
+             \t}}\n\
+             }}\n"
+        ));
+    }
+    s
 }
 
 /// Runs `nft -f -` with `script` as one transaction.
@@ -210,8 +232,18 @@ mod tests {
 
     #[test]
     fn guard_drops_only_what_leaves_the_cluster_from_pods() {
-        let s = guard_script("skiff0", "10.42.0.0/16".parse().unwrap());
+        let s = guard_script("skiff0", "10.42.0.0/16".parse().unwrap(), false);
         assert!(s.contains("iifname \"skiff0\" ip daddr != 10.42.0.0/16 drop"));
         assert!(s.find("established").unwrap() < s.find("drop").unwrap());
+        assert!(!s.contains("masquerade"));
+    }
+
+    #[test]
+    fn masquerade_outside_replaces_the_drop() {
+        let s = guard_script("skiff0", "10.42.0.0/16".parse().unwrap(), true);
+        assert!(!s.contains("drop"));
+        assert!(s.contains(
+            "ip saddr 10.42.0.0/16 ip daddr != 10.42.0.0/16 oifname != \"skiff0\" masquerade"
+        ));
     }
 }

@@ -40,6 +40,7 @@ fn prepares_forwarding_guard_dns_and_syncs_routes() {
                 node_ip: Ipv4Addr::new(172, 30, 9, 2),
                 cluster_cidr: "10.42.0.0/16".parse().unwrap(),
                 cluster_dns: Some(Ipv4Addr::new(10, 43, 0, 10)),
+                masquerade_outside: false,
             })
             .await?;
             // Twice: idempotent.

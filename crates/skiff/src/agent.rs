@@ -94,6 +94,11 @@ pub struct NodeArgs {
     /// nodes route between them, and pods may send nowhere outside it (but to Services).
     #[arg(long, default_value = "10.42.0.0/16", value_parser = cidr)]
     pub cluster_cidr: String,
+    /// Let pods reach addresses outside the cluster, masqueraded behind the node's address.
+    /// Off by default: what pods send outside the cluster's pod CIDR (but to Services) is
+    /// dropped.
+    #[arg(long)]
+    pub masquerade_outside: bool,
     /// Run the node inside this network namespace (a path, or a name under /run/netns), as
     /// `skiff cluster` does for each of its nodes.
     #[arg(long)]
@@ -124,6 +129,7 @@ impl NodeArgs {
         cfg.cluster_domain = self.cluster_domain.clone();
         cfg.pod_cidr = self.pod_cidr.clone();
         cfg.cluster_cidr = self.cluster_cidr.clone();
+        cfg.masquerade_outside = self.masquerade_outside;
         cfg.bridge = self.bridge_name.clone();
         cfg.eviction_hard = self.eviction_hard;
         for l in &self.node_labels {

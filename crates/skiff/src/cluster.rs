@@ -371,7 +371,17 @@ fn up(a: UpArgs) -> Result<()> {
 fn bring_up(a: &UpArgs, dir: &Path, state: &mut State) -> Result<()> {
     let t = &a.target;
     let cidr = format!("{}/{}", state.host_ip, state.prefix_len);
-    ip(&["link", "add", &state.bridge, "type", "bridge"])?;
+    // Frames between the nodes are bridged past the host's own firewall (a FORWARD drop policy
+    // of another tool must not cut the cluster's nodes apart) and its conntrack.
+    ip(&[
+        "link",
+        "add",
+        &state.bridge,
+        "type",
+        "bridge",
+        "nf_call_iptables",
+        "0",
+    ])?;
     ip(&["addr", "add", &cidr, "dev", &state.bridge])?;
     ip(&["link", "set", &state.bridge, "up"])?;
     // The API server's port on the host's bridge address.

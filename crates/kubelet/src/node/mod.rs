@@ -54,6 +54,9 @@ pub struct NodeConfig {
     /// The cluster's pod CIDR, holding every node's: routes to the others' go via their
     /// addresses, and pods may send nowhere else.
     pub cluster_cidr: String,
+    /// Masquerade what pods send outside the cluster behind the node's address (otherwise it
+    /// is dropped).
+    pub masquerade_outside: bool,
     /// Name of the node-local bridge pods attach to.
     pub bridge: String,
     /// Hard eviction thresholds: below them the node reports pressure.
@@ -79,6 +82,7 @@ impl NodeConfig {
             cluster_domain: "cluster.local".into(),
             pod_cidr: None,
             cluster_cidr: "10.42.0.0/16".into(),
+            masquerade_outside: false,
             bridge: "skiff0".into(),
             eviction_hard: pressure::Thresholds::default(),
             node_cpu_millis: 0,

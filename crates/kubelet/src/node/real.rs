@@ -824,6 +824,7 @@ pub async fn start(client: kube::Client, opts: Options, shutdown: CancellationTo
         node_ip: cfg.node_ip,
         cluster_cidr,
         cluster_dns: Some(cfg.cluster_dns),
+        masquerade_outside: cfg.masquerade_outside,
     })
     .await
     .context("setting up the node's cluster network")?;
