@@ -53,6 +53,9 @@ pub struct BenchArgs {
     /// Pods started on the real node in the node benchmark.
     #[arg(long, default_value_t = 100)]
     node_pods: usize,
+    /// Seconds each traffic pattern runs in the network benchmark (default 3; 1 with --quick).
+    #[arg(long)]
+    net_seconds: Option<f64>,
     /// Smaller runs, for CI smoke use.
     #[arg(long)]
     quick: bool,

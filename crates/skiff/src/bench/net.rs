@@ -30,7 +30,12 @@ const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
 const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n";
 
 pub async fn bench(args: &BenchArgs) -> Result<Vec<Figure>> {
-    let secs = if args.quick { 1.0 } else { 3.0 };
+    let secs = args
+        .net_seconds
+        .unwrap_or(if args.quick { 1.0 } else { 3.0 });
+    if !(0.1..=600.0).contains(&secs) {
+        bail!("--net-seconds must be between 0.1 and 600, not {secs}");
+    }
     let load = Load {
         duration: Duration::from_secs_f64(secs),
         connections: 16,
