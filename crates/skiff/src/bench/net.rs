@@ -1,7 +1,8 @@
 //! The network benchmark. In a real two-node `skiff cluster` (this binary), request rate and
 //! latency from a pod on node 1 to a pod on node 2, by pod IP and through a ClusterIP Service;
 //! the same traffic between two plain network namespaces joined by a veth pair, with no skiff
-//! at all, measured in the same run; and how long a Service change takes to reach a node's
+//! at all, and through the cluster's topology built by hand (pod and node namespaces, bridges,
+//! routes, no netfilter rules), measured in the same run; and how long a Service change takes to reach a node's
 //! rules with 1,000 Services and 10,000 endpoints in the API.
 //!
 //! The server and the load generator are this module's own (a minimal HTTP/1.1 server and
@@ -42,8 +43,12 @@ pub async fn bench(args: &BenchArgs) -> Result<Vec<Figure>> {
     };
     let mut figures = Vec::new();
 
-    let plain = PlainPair::create()?;
+    let plain = PlainNet::pair()?;
     let plain_rates = measure(&plain.server, &plain.client, plain.server_ip, &load).await?;
+    drop(plain);
+    let routed = PlainNet::routed()?;
+    let routed_rates = measure(&routed.server, &routed.client, routed.server_ip, &load).await?;
+    drop(routed);
 
     let cluster = ClusterRun::up().await?;
     let pods = cluster.pods().await?;
@@ -63,9 +68,14 @@ pub async fn bench(args: &BenchArgs) -> Result<Vec<Figure>> {
     .await?;
 
     for (mode, i) in [("conn", 0), ("keepalive", 1)] {
-        let base = &plain_rates[i];
+        let (base, same_shape) = (&plain_rates[i], &routed_rates[i]);
         figures.push(rate(&format!("net_plain_{mode}_rate"), base.rate));
         figures.push(latency(&format!("net_plain_{mode}_p99_ms"), base.p99));
+        figures.push(rate(&format!("net_routed_{mode}_rate"), same_shape.rate));
+        figures.push(latency(
+            &format!("net_routed_{mode}_p99_ms"),
+            same_shape.p99,
+        ));
         for (path, r) in [("pod_to_pod", &to_pod[i]), ("pod_to_service", &to_svc[i])] {
             figures.push(rate(&format!("{path}_{mode}_rate"), r.rate));
             figures.push(latency(&format!("{path}_{mode}_p50_ms"), r.p50));
@@ -74,7 +84,13 @@ pub async fn bench(args: &BenchArgs) -> Result<Vec<Figure>> {
                 name: format!("{path}_{mode}_rate_ratio"),
                 value: r.rate / base.rate,
                 unit: "x",
-                target: ">= 0.9 of plain namespaces",
+                target: ">= 0.9 of plain namespaces (a veth pair)",
+            });
+            figures.push(Figure {
+                name: format!("{path}_{mode}_vs_routed"),
+                value: r.rate / same_shape.rate,
+                unit: "x",
+                target: "of the same topology without skiff",
             });
         }
     }
@@ -123,7 +139,6 @@ pub async fn bench(args: &BenchArgs) -> Result<Vec<Figure>> {
         target: "",
     });
     drop(cluster);
-    drop(plain);
     Ok(figures)
 }
 
@@ -173,10 +188,35 @@ async fn measure_to(
     load: &Load,
 ) -> Result<[Rate; 2]> {
     let server = Server::start(server_ns)?;
+    // Until one request gets through (links coming up, neighbours, the Service's rules), the
+    // figures would measure SYN retransmissions.
+    wait_answered(client_ns, target)?;
     let conn = run_client(client_ns, target, load, false)?;
     let keepalive = run_client(client_ns, target, load, true)?;
     drop(server);
     Ok([conn, keepalive])
+}
+
+/// Waits until a request from `client_ns` to `target` is answered (30 s at most).
+fn wait_answered(client_ns: &Path, target: SocketAddr) -> Result<()> {
+    let probe = in_netns(client_ns, move || {
+        Box::pin(async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let once = tokio::time::timeout(Duration::from_millis(300), request(target)).await;
+                if matches!(once, Ok(Ok(()))) {
+                    return Ok(());
+                }
+                if Instant::now() > deadline {
+                    bail!("{target} did not answer in 30 s");
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    });
+    probe
+        .join()
+        .map_err(|_| anyhow::anyhow!("the probe thread panicked"))?
 }
 
 /// Runs `f` on a new thread in the network namespace at `netns`, on a current-thread runtime.
@@ -362,50 +402,186 @@ async fn client_loop(
     Ok(lat)
 }
 
-/// Two network namespaces joined by a veth pair: the baseline.
-struct PlainPair {
-    names: [String; 2],
+/// Plain network namespaces built with `ip` alone (no skiff, no netfilter rules): the
+/// baselines. Removed when dropped.
+struct PlainNet {
+    names: Vec<String>,
     server: PathBuf,
     client: PathBuf,
     server_ip: Ipv4Addr,
 }
 
-impl PlainPair {
-    fn create() -> Result<PlainPair> {
-        let id = std::process::id();
-        let names = [format!("skiff-bench-{id}-s"), format!("skiff-bench-{id}-c")];
-        let pair = PlainPair {
-            server: Path::new("/run/netns").join(&names[0]),
-            client: Path::new("/run/netns").join(&names[1]),
-            names,
-            server_ip: Ipv4Addr::new(192, 168, 254, 1),
-        };
-        let [s, c] = pair.names.clone();
-        let steps: [&[&str]; 9] = [
-            &["netns", "add", &s],
-            &["netns", "add", &c],
+impl PlainNet {
+    /// Two namespaces joined by one veth pair.
+    fn pair() -> Result<PlainNet> {
+        let mut net = PlainNet::named(&["s", "c"], Ipv4Addr::new(192, 168, 254, 1))?;
+        let [s, c] = [net.names[0].clone(), net.names[1].clone()];
+        let steps: &[&[&str]] = &[
             &[
                 "-n", &s, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns",
                 &c,
             ],
             &["-n", &s, "addr", "add", "192.168.254.1/30", "dev", "eth0"],
             &["-n", &c, "addr", "add", "192.168.254.2/30", "dev", "eth0"],
-            &["-n", &s, "link", "set", "eth0", "up"],
-            &["-n", &c, "link", "set", "eth0", "up"],
-            &["-n", &s, "link", "set", "lo", "up"],
-            &["-n", &c, "link", "set", "lo", "up"],
         ];
-        for step in steps {
-            if let Err(e) = ip(step) {
-                drop(pair);
-                return Err(e);
-            }
+        net.build(steps)?;
+        net.up(&[(&s, "eth0"), (&c, "eth0")])?;
+        Ok(net)
+    }
+
+    /// The shape of the cluster's path, built by hand: client and server "pods" on a bridge in
+    /// a "node" namespace each, the nodes routing between their pod subnets over a bridge in a
+    /// fifth namespace (the host's side). What skiff adds on top is its netfilter rules.
+    fn routed() -> Result<PlainNet> {
+        let mut net = PlainNet::named(&["s", "c", "n1", "n2", "h"], Ipv4Addr::new(10, 200, 2, 2))?;
+        let n: Vec<String> = net.names.clone();
+        let (s, c, n1, n2, h) = (&n[0], &n[1], &n[2], &n[3], &n[4]);
+        let veth = |a: &str, an: &str, b: &str, bn: &str| -> Vec<String> {
+            [
+                "-n", a, "link", "add", an, "type", "veth", "peer", "name", bn, "netns", b,
+            ]
+            .map(str::to_owned)
+            .to_vec()
+        };
+        let steps: Vec<Vec<String>> = vec![
+            veth(c, "eth0", n1, "vc"),
+            veth(s, "eth0", n2, "vs"),
+            veth(n1, "eth0", h, "v1"),
+            veth(n2, "eth0", h, "v2"),
+            ["-n", n1, "link", "add", "br0", "type", "bridge"]
+                .map(str::to_owned)
+                .to_vec(),
+            ["-n", n2, "link", "add", "br0", "type", "bridge"]
+                .map(str::to_owned)
+                .to_vec(),
+            ["-n", h, "link", "add", "br0", "type", "bridge"]
+                .map(str::to_owned)
+                .to_vec(),
+            ["-n", n1, "link", "set", "vc", "master", "br0"]
+                .map(str::to_owned)
+                .to_vec(),
+            ["-n", n2, "link", "set", "vs", "master", "br0"]
+                .map(str::to_owned)
+                .to_vec(),
+            ["-n", h, "link", "set", "v1", "master", "br0"]
+                .map(str::to_owned)
+                .to_vec(),
+            ["-n", h, "link", "set", "v2", "master", "br0"]
+                .map(str::to_owned)
+                .to_vec(),
+            ["-n", c, "addr", "add", "10.200.1.2/24", "dev", "eth0"]
+                .map(str::to_owned)
+                .to_vec(),
+            ["-n", s, "addr", "add", "10.200.2.2/24", "dev", "eth0"]
+                .map(str::to_owned)
+                .to_vec(),
+            ["-n", n1, "addr", "add", "10.200.1.1/24", "dev", "br0"]
+                .map(str::to_owned)
+                .to_vec(),
+            ["-n", n2, "addr", "add", "10.200.2.1/24", "dev", "br0"]
+                .map(str::to_owned)
+                .to_vec(),
+            ["-n", n1, "addr", "add", "192.168.253.2/24", "dev", "eth0"]
+                .map(str::to_owned)
+                .to_vec(),
+            ["-n", n2, "addr", "add", "192.168.253.3/24", "dev", "eth0"]
+                .map(str::to_owned)
+                .to_vec(),
+        ];
+        let refs: Vec<Vec<&str>> = steps
+            .iter()
+            .map(|v| v.iter().map(String::as_str).collect())
+            .collect();
+        let refs: Vec<&[&str]> = refs.iter().map(Vec::as_slice).collect();
+        net.build(&refs)?;
+        net.up(&[
+            (c, "eth0"),
+            (s, "eth0"),
+            (n1, "vc"),
+            (n2, "vs"),
+            (n1, "eth0"),
+            (n2, "eth0"),
+            (h, "v1"),
+            (h, "v2"),
+            (n1, "br0"),
+            (n2, "br0"),
+            (h, "br0"),
+        ])?;
+        let routes: &[&[&str]] = &[
+            &["-n", c, "route", "add", "default", "via", "10.200.1.1"],
+            &["-n", s, "route", "add", "default", "via", "10.200.2.1"],
+            &[
+                "-n",
+                n1,
+                "route",
+                "add",
+                "10.200.2.0/24",
+                "via",
+                "192.168.253.3",
+            ],
+            &[
+                "-n",
+                n2,
+                "route",
+                "add",
+                "10.200.1.0/24",
+                "via",
+                "192.168.253.2",
+            ],
+            &[
+                "netns",
+                "exec",
+                n1,
+                "sysctl",
+                "-qw",
+                "net.ipv4.ip_forward=1",
+            ],
+            &[
+                "netns",
+                "exec",
+                n2,
+                "sysctl",
+                "-qw",
+                "net.ipv4.ip_forward=1",
+            ],
+        ];
+        net.build(routes)?;
+        Ok(net)
+    }
+
+    /// Creates the namespaces `skiff-bench-<pid>-<suffix>`; the first is the server's, the
+    /// second the client's.
+    fn named(suffixes: &[&str], server_ip: Ipv4Addr) -> Result<PlainNet> {
+        let id = std::process::id();
+        let mut net = PlainNet {
+            names: Vec::new(),
+            server: Path::new("/run/netns").join(format!("skiff-bench-{id}-{}", suffixes[0])),
+            client: Path::new("/run/netns").join(format!("skiff-bench-{id}-{}", suffixes[1])),
+            server_ip,
+        };
+        for suffix in suffixes {
+            let name = format!("skiff-bench-{id}-{suffix}");
+            ip(&["netns", "add", &name])?;
+            net.names.push(name);
+            let last = net.names.last().cloned().unwrap_or_default();
+            ip(&["-n", &last, "link", "set", "lo", "up"])?;
         }
-        Ok(pair)
+        Ok(net)
+    }
+
+    fn build(&mut self, steps: &[&[&str]]) -> Result<()> {
+        steps.iter().try_for_each(|step| ip(step))
+    }
+
+    fn up(&mut self, links: &[(&String, &str)]) -> Result<()> {
+        for (ns, link) in links {
+            ip(&["-n", ns, "link", "set", link, "up"])?;
+        }
+        Ok(())
     }
 }
 
-impl Drop for PlainPair {
+impl Drop for PlainNet {
     fn drop(&mut self) {
         for n in &self.names {
             let _ = ip(&["netns", "del", n]);
@@ -553,25 +729,7 @@ impl ClusterRun {
         let (client_netns, _) = found.pop().context("no client pod")?;
         let (server_netns, server_ip) = found.pop().context("no server pod")?;
         let server = Server::start(&server_netns)?;
-        let target = SocketAddr::from((cluster_ip, 80));
-        let probe = in_netns(&client_netns, move || {
-            Box::pin(async move {
-                let deadline = Instant::now() + Duration::from_secs(30);
-                loop {
-                    let once = tokio::time::timeout(Duration::from_secs(1), request(target)).await;
-                    if matches!(once, Ok(Ok(()))) {
-                        return Ok(());
-                    }
-                    if Instant::now() > deadline {
-                        bail!("the Service {target} did not answer in 30 s");
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            })
-        });
-        probe
-            .join()
-            .map_err(|_| anyhow::anyhow!("the probe thread panicked"))??;
+        wait_answered(&client_netns, SocketAddr::from((cluster_ip, 80)))?;
         drop(server);
         Ok(BenchPods {
             server_netns,
