@@ -20,7 +20,6 @@ const ACCESS_MODES: &[&str] = &[
     "ReadWriteOnce",
     "ReadWriteOncePod",
 ];
-const NODE_PORT_RANGE: std::ops::RangeInclusive<i64> = 30000..=32767;
 const PV_SOURCES: &[&str] = &[
     "hostPath",
     "gcePersistentDisk",
@@ -182,11 +181,13 @@ pub fn validate_service(obj: &Value) -> Vec<FieldError> {
                     p.child("nodePort"),
                     "may not be used when `type` is 'ClusterIP'",
                 ));
-            } else if !NODE_PORT_RANGE.contains(&node_port) {
+            } else if !(1..=65535).contains(&node_port) {
+                // A valid port number; whether it lies in the server's node port range
+                // (`--service-node-port-range`) is the allocator's check.
                 errs.push(FieldError::invalid(
                     p.child("nodePort"),
                     json!(node_port),
-                    "provided port is not in the valid range. The range of valid ports is 30000-32767",
+                    "must be between 1 and 65535, inclusive",
                 ));
             }
             if !node_ports.insert((protocol, node_port)) {

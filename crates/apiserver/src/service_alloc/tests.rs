@@ -244,6 +244,17 @@ fn node_ports_are_allocated_shared_and_checked() {
         "a refused create gives back what it took"
     );
 
+    // A valid port number outside the node port range: the allocator's error, as upstream's.
+    let mut outside = svc(json!({"type": "NodePort", "ports": [{"port": 83, "nodePort": 8080}]}));
+    let e = alloc.allocate_create(&mut outside, false).unwrap_err();
+    assert_eq!(
+        invalid_messages(e),
+        [
+            "spec.ports[0].nodePort: Invalid value: 8080: provided port is not in the valid range. The range of valid ports is 30000-32767"
+        ]
+    );
+    assert_eq!(alloc.usage(), (1, 2));
+
     let mut lb = svc(
         json!({"type": "LoadBalancer", "allocateLoadBalancerNodePorts": false, "ports": [{"port": 80}]}),
     );
