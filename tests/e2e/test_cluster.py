@@ -294,6 +294,35 @@ def test_node_port_and_load_balancer_answer_on_every_node(web):
             assert page in names, (addr, port, page)
     k("delete", "svc", "web-np", "web-lb")
 
+    # hostPort: the pod's port on its node's address.
+    apply(k, f"""\
+        apiVersion: v1
+        kind: Pod
+        metadata: {{name: hostport, labels: {{app: hostport}}}}
+        spec:
+          nodeName: {NODES[1]}
+          terminationGracePeriodSeconds: 1
+          containers:
+          - name: httpd
+            image: busybox
+            imagePullPolicy: Never
+            command: ["sh", "-c", "mkdir -p /www && echo hostport > /www/index.html && exec httpd -f -p 80 -h /www"]
+            ports: [{{containerPort: 80, hostPort: 8081}}]
+            readinessProbe: {{tcpSocket: {{port: 80}}, periodSeconds: 1}}
+        """)
+    wait_pods_ready(k, "app=hostport", 1)
+    node2 = next(n["ip"] for n in web["state"]["nodes"] if n["name"] == NODES[1])
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    def fetch_hostport():
+        try:
+            with opener.open(f"http://{node2}:8081/", timeout=2) as r:
+                return r.read().decode().strip()
+        except OSError:
+            return None
+    assert wait_for(fetch_hostport, 10, what="the hostPort answering") == "hostport"
+    k("delete", "pod", "hostport", "--wait=true", "--timeout=30s")
+
 
 def test_network_policy_admits_only_the_selected_clients(web):
     k = web["kubectl"]

@@ -8,11 +8,15 @@
 //! `nft -f -`. The first sync, and any sync after nft refused a transaction, rebuilds the table
 //! whole (`rules::full`, atomically replacing it).
 //!
+//! hostPorts of the node's own pods (the CNI `portmap` plugin's role) are rendered into the
+//! same table from a watch of the Pods bound to the node (`hostport`).
+//!
 //! Everything lives in one table (`ip skiff-proxy` by default) and nothing else is touched.
 //! Only packets marked by its own rules are masqueraded. Stopping leaves the rules in place,
 //! so a restarting agent does not interrupt Service traffic; `cleanup` removes them.
 
 pub mod bench;
+pub mod hostport;
 pub mod metrics;
 pub mod model;
 pub mod nft;

@@ -27,7 +27,7 @@ pub enum Protocol {
 }
 
 impl Protocol {
-    fn parse(s: Option<&str>) -> Option<Protocol> {
+    pub(crate) fn parse(s: Option<&str>) -> Option<Protocol> {
         match s.unwrap_or("TCP") {
             "TCP" => Some(Protocol::Tcp),
             "UDP" => Some(Protocol::Udp),

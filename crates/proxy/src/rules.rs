@@ -1,10 +1,11 @@
 //! The nftables side: the model rendered as a `Ruleset` (per-service and per-endpoint chains,
-//! affinity sets, elements of four verdict maps), the fixed skeleton of the table, and the
+//! affinity sets, elements of six verdict maps), the fixed skeleton of the table, and the
 //! differ that turns an old and a new `Ruleset` into one `nft -f -` transaction.
 //!
 //! Layout (one `ip` table, kube-proxy's nftables design):
-//! - `nat-prerouting` / `nat-output` jump to `services`, which looks up
-//!   `daddr . l4proto . dport` in `service-ips` (cluster, external and LoadBalancer IPs) and, for
+//! - `nat-prerouting` / `nat-output` jump to `services`, which first looks up hostPorts
+//!   (`host-ip-ports` by address, `host-ports` on any local address; each `hp-*` chain DNATs to
+//!   its pod), then `daddr . l4proto . dport` in `service-ips` (cluster, external and LoadBalancer IPs) and, for
 //!   traffic to a local address, `l4proto . dport` in `service-nodeports`; each element is a
 //!   `goto` into the service's chain.
 //! - `svc-*` picks one of all ready endpoints (`numgen random`), `svl-*` one of the local ones;
@@ -27,6 +28,7 @@ use std::fmt::{self, Write as _};
 use std::net::Ipv4Addr;
 use std::str::FromStr;
 
+use crate::hostport::HostPort;
 use crate::model::{Endpoint, Policy, PortKey, ServicePort};
 
 /// An IPv4 prefix such as the cluster's pod CIDR.
@@ -80,7 +82,7 @@ pub struct Settings {
     pub mark: u32,
 }
 
-/// The four verdict maps that route packets into per-service chains.
+/// The verdict maps that route packets into per-service (and per-hostPort) chains.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Map {
     /// `daddr . l4proto . dport` → the service's chain.
@@ -91,14 +93,20 @@ pub enum Map {
     NoEndpointServices,
     /// `l4proto . dport` → reject or drop.
     NoEndpointNodePorts,
+    /// `daddr . l4proto . dport` of a hostPort with a hostIP → its chain.
+    HostIpPorts,
+    /// `l4proto . dport` of a hostPort on every local address → its chain.
+    HostPorts,
 }
 
 impl Map {
-    pub const ALL: [Map; 4] = [
+    pub const ALL: [Map; 6] = [
         Map::ServiceIps,
         Map::NodePorts,
         Map::NoEndpointServices,
         Map::NoEndpointNodePorts,
+        Map::HostIpPorts,
+        Map::HostPorts,
     ];
 
     pub fn name(self) -> &'static str {
@@ -107,13 +115,19 @@ impl Map {
             Map::NodePorts => "service-nodeports",
             Map::NoEndpointServices => "no-endpoint-services",
             Map::NoEndpointNodePorts => "no-endpoint-nodeports",
+            Map::HostIpPorts => "host-ip-ports",
+            Map::HostPorts => "host-ports",
         }
     }
 
     fn key_type(self) -> &'static str {
         match self {
-            Map::ServiceIps | Map::NoEndpointServices => "ipv4_addr . inet_proto . inet_service",
-            Map::NodePorts | Map::NoEndpointNodePorts => "inet_proto . inet_service",
+            Map::ServiceIps | Map::NoEndpointServices | Map::HostIpPorts => {
+                "ipv4_addr . inet_proto . inet_service"
+            }
+            Map::NodePorts | Map::NoEndpointNodePorts | Map::HostPorts => {
+                "inet_proto . inet_service"
+            }
         }
     }
 }
@@ -190,6 +204,41 @@ pub fn render(ports: &[ServicePort], settings: &Settings) -> Ruleset {
         render_port(&mut rs, sp, settings);
     }
     rs
+}
+
+/// Adds the hostPort mappings: a chain each that DNATs to the pod (masquerading a pod that
+/// reaches its own hostPort, whose reply would otherwise skip the node), and its map element.
+pub fn add_host_ports(rs: &mut Ruleset, mappings: &[HostPort]) {
+    for h in mappings {
+        let proto = h.protocol.nft();
+        let at = h
+            .host_ip
+            .map_or_else(|| "any".to_owned(), |ip| ip.to_string());
+        let chain = format!("hp-{proto}-{at}-{}", h.host_port);
+        rs.chains.insert(
+            chain.clone(),
+            vec![
+                format!("ip saddr {} jump {MARK_CHAIN}", h.pod_ip),
+                format!(
+                    "meta l4proto {proto} dnat to {}:{}",
+                    h.pod_ip, h.container_port
+                ),
+            ],
+        );
+        let verdict = format!("goto {chain}");
+        match h.host_ip {
+            Some(ip) => rs.element(
+                Map::HostIpPorts,
+                format!("{ip} . {proto} . {}", h.host_port),
+                verdict,
+            ),
+            None => rs.element(
+                Map::HostPorts,
+                format!("{proto} . {}", h.host_port),
+                verdict,
+            ),
+        }
+    }
 }
 
 fn render_port(rs: &mut Ruleset, sp: &ServicePort, settings: &Settings) {
@@ -366,10 +415,20 @@ fn skeleton(settings: &Settings) -> String {
                 ),
             ],
         ),
+        // hostPorts first: a pod's hostPort wins over a NodePort of the same number, as the
+        // portmap plugin's chain runs before kube-proxy's.
         (
             "services",
             None,
             &[
+                format!(
+                    "ip daddr . meta l4proto . th dport vmap @{}",
+                    Map::HostIpPorts.name()
+                ),
+                format!(
+                    "fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @{}",
+                    Map::HostPorts.name()
+                ),
                 format!(
                     "ip daddr . meta l4proto . th dport vmap @{}",
                     Map::ServiceIps.name()

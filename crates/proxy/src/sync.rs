@@ -6,12 +6,13 @@ use std::time::Duration;
 
 use control::informer::{Change, Informers};
 use futures::{Stream, StreamExt as _};
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::watcher;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::hostport::{self, HostPort};
 use crate::model::{self, LABEL_SERVICE_NAME, LABEL_SERVICE_PROXY_NAME};
 use crate::nft::Nft;
 use crate::rules::{self, Ruleset, Settings};
@@ -99,12 +100,20 @@ pub(crate) async fn run(
         watcher::Config::default().labels(LABEL_SERVICE_NAME),
         &shutdown,
     );
+    // The node's own pods, for their hostPorts.
+    let pods = informers.get::<Pod>(
+        &client,
+        watcher::Config::default().fields(&format!("spec.nodeName={}", cfg.node_name)),
+        &shutdown,
+    );
     let mut svc_changes = services.subscribe().boxed();
     let mut slice_changes = slices.subscribe().boxed();
-    let (svc_store, slice_store) = (services.store(), slices.store());
+    let mut pod_changes = pods.subscribe().boxed();
+    let (svc_store, slice_store, pod_store) = (services.store(), slices.store(), pods.store());
+    let mut conflicts_logged: Vec<HostPort> = Vec::new();
 
     let mut syncer = Syncer::new(cfg.settings());
-    let (mut svc_synced, mut slices_synced) = (false, false);
+    let (mut svc_synced, mut slices_synced, mut pods_synced) = (false, false, false);
     let mut pending: Vec<Instant> = Vec::new();
     let mut dirty = false;
     let mut earliest = Instant::now();
@@ -112,7 +121,7 @@ pub(crate) async fn run(
     let mut next_full = Instant::now() + cfg.full_sync_interval;
 
     loop {
-        let ready = svc_synced && slices_synced && (dirty || syncer.needs_full());
+        let ready = svc_synced && slices_synced && pods_synced && (dirty || syncer.needs_full());
         let due = earliest.max(Instant::now());
         // `biased`: queued changes are taken before the sync fires, so a burst already in the
         // channels is coalesced into one transaction.
@@ -124,6 +133,9 @@ pub(crate) async fn run(
             }
             c = next(&mut slice_changes) => {
                 dirty |= note(c, &mut slices_synced, &mut pending, "endpointslices")?;
+            }
+            c = next(&mut pod_changes) => {
+                dirty |= note(c, &mut pods_synced, &mut pending, "pods")?;
             }
             _ = tokio::time::sleep_until(next_full) => {
                 // A periodic rebuild repairs whatever changed the table behind our back.
@@ -140,7 +152,17 @@ pub(crate) async fn run(
                         slices.iter().map(Arc::as_ref),
                         &cfg.node_name,
                     );
-                    rules::render(&ports, &syncer.settings)
+                    let mut rs = rules::render(&ports, &syncer.settings);
+                    let pods = pod_store.state();
+                    let (mappings, conflicts) = hostport::host_ports(pods.iter().map(Arc::as_ref));
+                    if conflicts != conflicts_logged {
+                        for c in &conflicts {
+                            tracing::warn!(pod = %c.pod, port = c.host_port, protocol = c.protocol.nft(), "hostPort already taken by an older pod on this node; not mapped");
+                        }
+                        conflicts_logged = conflicts;
+                    }
+                    rules::add_host_ports(&mut rs, &mappings);
+                    rs
                 };
                 let (script, full) = syncer.plan(&desired);
                 let outcome = if script.is_empty() { Ok(()) } else { cfg.nft.apply(&script).await };

@@ -384,3 +384,53 @@ async fn internal_policy_and_rebuild_after_outside_changes() -> Result<()> {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_ports_reach_their_pod() -> Result<()> {
+    with_lab("d", |server, lab| async move {
+        let client = server.client.clone();
+        let proxy = start_proxy(&client, &lab)?;
+        // p1 (10.42.7.11) declares hostPort 8088 for its httpd on 80; a pod on another node
+        // declares one too, which this node must not serve.
+        let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), "default");
+        for (name, node, ip) in [("p1", NODE, PODS[0].1), ("far", "n2", "10.42.9.9")] {
+            let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
+                "metadata": {"name": name},
+                "spec": {"nodeName": node, "containers": [{"name": "c", "image": "busybox",
+                    "ports": [{"containerPort": 80, "hostPort": if name == "p1" { 8088 } else { 8089 }}]}]},
+            }))?;
+            pods.create(&Default::default(), &pod).await?;
+            pods.patch_status(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}})),
+            )
+            .await?;
+        }
+        let url = format!("http://{NODE_IP}:8088/cgi-bin/who");
+        // From outside the node, from another pod and from the pod itself (hairpin).
+        block_in_place(|| wait_for_answer(&lab, "host", &url, |b| b.starts_with("p1 ")))?;
+        let from_host = block_in_place(|| lab.get("host", &url))?.trim().to_owned();
+        ensure!(from_host == format!("p1 {HOST_IP}"), "{from_host}");
+        let from_pod = block_in_place(|| lab.get("cl", &url))?.trim().to_owned();
+        ensure!(from_pod == format!("p1 {CLIENT_IP}"), "{from_pod}");
+        let itself = block_in_place(|| lab.get("p1", &url))?;
+        ensure!(itself.starts_with("p1 "), "hairpin: {itself}");
+        ensure!(
+            block_in_place(|| lab.get("host", &format!("http://{NODE_IP}:8089/"))).is_err(),
+            "a hostPort of another node's pod is served here"
+        );
+
+        // Deleting the pod takes its mapping away.
+        pods.delete("p1", &Default::default()).await?;
+        pods.delete("p1", &kube::api::DeleteParams::default().grace_period(0))
+            .await
+            .ok();
+        block_in_place(|| {
+            wait_until(Duration::from_secs(5), || lab.get("host", &url).is_err())
+        })
+        .context("the hostPort mapping outlived its pod")?;
+        proxy.stop(&lab).await
+    })
+    .await
+}
