@@ -386,3 +386,52 @@ def test_stopping_a_node_and_cluster_down_leave_the_host_as_before(kind):
     p = cluster("down", "--name", NAME, "--data-dir", str(data))
     assert "nothing to do" in p.stderr
     assert host_state() == kind["before"]
+
+
+def test_vxlan_backend_carries_pods_across_nodes(tmp_path):
+    """The same cluster with `--pod-network-backend vxlan`: pods on two nodes reach each other
+    and a Service through the VXLAN devices; down leaves the host as before."""
+    tar = build_test_images()
+    before = host_state()
+    name = f"vx{os.getpid() % 100000}"
+    data = tmp_path / "cluster"
+    cluster("up", "--name", name, "--nodes", "2", "--data-dir", str(data), "--image", str(tar),
+            "--agent-arg=--pod-network-backend=vxlan")
+    try:
+        home = tmp_path / "home"
+        home.mkdir()
+        k = Kubectl(dict(os.environ, HOME=str(home), KUBECONFIG=str(data / "kubeconfig.yaml")))
+        apply(k, f"""\
+            apiVersion: v1
+            kind: Pod
+            metadata: {{name: server, labels: {{app: server}}}}
+            spec:
+              nodeName: {name}-2
+              terminationGracePeriodSeconds: 1
+              containers:
+              - name: httpd
+                image: busybox
+                imagePullPolicy: Never
+                command: ["sh", "-c", "mkdir -p /www && echo over-vxlan > /www/index.html && exec httpd -f -p 80 -h /www"]
+                readinessProbe: {{tcpSocket: {{port: 80}}, periodSeconds: 1}}
+            ---
+            apiVersion: v1
+            kind: Service
+            metadata: {{name: server}}
+            spec:
+              selector: {{app: server}}
+              ports: [{{port: 80}}]
+            """)
+        run_pod(k, "client", f"{name}-1", labels="app=client")
+        server = wait_pods_ready(k, "app=server", 1)["server"]
+        for target in (server["status"]["podIP"], "server"):
+            page = wait_for(lambda: k.run("exec", "client", "--", "timeout", "3", "wget", "-qO-",
+                                          f"http://{target}/", check=False).stdout.strip(),
+                            15, what=f"a page from {target}")
+            assert page == "over-vxlan"
+        routes = subprocess.run(["ip", "netns", "exec", f"skiff-{name}-1", "ip", "route", "show",
+                                 "proto", "83"], capture_output=True, text=True, check=True).stdout
+        assert "dev skiff.vx onlink" in routes, routes
+    finally:
+        cluster("down", "--name", name, "--data-dir", str(data))
+    assert host_state() == before

@@ -28,7 +28,7 @@ pub enum Error {
 }
 
 /// An IPv4 prefix such as `10.42.0.0/24`, with no host bits set.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Ipv4Cidr {
     network: Ipv4Addr,
     prefix_len: u8,

@@ -11,15 +11,20 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 
 use futures::TryStreamExt;
+use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{
     InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
+use rtnetlink::packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
 use rtnetlink::packet_route::route::{
-    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol,
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol,
 };
 use rtnetlink::{
-    LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
+    LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVxlan,
+    RouteMessageBuilder,
 };
 use tokio::task::JoinHandle;
 
@@ -368,6 +373,9 @@ pub struct Route {
     pub destination: Ipv4Addr,
     pub prefix_len: u8,
     pub gateway: Ipv4Addr,
+    /// `Some(link index)`: the gateway is on that link without a connected subnet (`dev L
+    /// onlink`), as for the VXLAN backend; `None`: found through the connected routes.
+    pub onlink_dev: Option<u32>,
 }
 
 impl Netlink {
@@ -391,28 +399,190 @@ impl Netlink {
             .filter_map(|m| {
                 let mut destination = Ipv4Addr::UNSPECIFIED;
                 let mut gateway = None;
+                let mut oif = None;
                 for a in &m.attributes {
                     match a {
                         RouteAttribute::Destination(RouteAddress::Inet(ip)) => destination = *ip,
                         RouteAttribute::Gateway(RouteAddress::Inet(ip)) => gateway = Some(*ip),
+                        RouteAttribute::Oif(i) => oif = Some(*i),
                         _ => {}
                     }
                 }
+                let onlink = m.header.flags.contains(RouteFlags::Onlink);
                 Some(Route {
                     destination,
                     prefix_len: m.header.destination_prefix_length,
                     gateway: gateway?,
+                    onlink_dev: if onlink { oif } else { None },
                 })
             })
             .collect())
     }
 
     fn route_message(r: &Route) -> RouteMessage {
-        RouteMessageBuilder::<Ipv4Addr>::new()
+        let b = RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(r.destination, r.prefix_len)
             .gateway(r.gateway)
-            .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
-            .build()
+            .protocol(RouteProtocol::Other(ROUTE_PROTOCOL));
+        match r.onlink_dev {
+            Some(dev) => b.output_interface(dev).onlink().build(),
+            None => b.build(),
+        }
+    }
+
+    /// Creates a VXLAN device `name` (VNI `vni`, UDP `port`, sourced from `local`, MAC `mac`,
+    /// learning off: its neighbours and forwarding entries are all written by skiff).
+    pub async fn add_vxlan(
+        &self,
+        name: &str,
+        vni: u32,
+        local: Ipv4Addr,
+        port: u16,
+        mac: [u8; 6],
+        mtu: u32,
+    ) -> Result<()> {
+        let msg = LinkVxlan::new(name, vni)
+            .local(local)
+            .port(port)
+            .learning(false)
+            .mtu(mtu)
+            .address(mac.to_vec())
+            .build();
+        self.handle
+            .link()
+            .add(msg)
+            .execute()
+            .await
+            .map_err(|e| self.err(format!("creating VXLAN device {name}"), e))
+    }
+
+    /// The permanent IPv4 neighbours on `link`: (address, MAC).
+    pub async fn permanent_neighbours(&self, link: &Link) -> Result<Vec<(Ipv4Addr, Vec<u8>)>> {
+        let msgs: Vec<NeighbourMessage> = self
+            .handle
+            .neighbours()
+            .get()
+            .set_address_family(AddressFamily::Inet)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| self.err("listing neighbours", e))?;
+        Ok(msgs
+            .iter()
+            .filter(|m| {
+                m.header.ifindex == link.index && m.header.state == NeighbourState::Permanent
+            })
+            .filter_map(|m| {
+                let mut ip = None;
+                let mut mac = None;
+                for a in &m.attributes {
+                    match a {
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet(i)) => ip = Some(*i),
+                        NeighbourAttribute::LinkLayerAddress(l) => mac = Some(l.clone()),
+                        _ => {}
+                    }
+                }
+                Some((ip?, mac?))
+            })
+            .collect())
+    }
+
+    /// Sets the permanent neighbour `ip` → `mac` on `link`.
+    pub async fn replace_neighbour(&self, link: &Link, ip: Ipv4Addr, mac: &[u8]) -> Result<()> {
+        self.handle
+            .neighbours()
+            .add(link.index, IpAddr::V4(ip))
+            .link_layer_address(mac)
+            .state(NeighbourState::Permanent)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| self.err(format!("setting neighbour {ip} on {}", link.name), e))
+    }
+
+    pub async fn delete_neighbour(&self, link: &Link, ip: Ipv4Addr) -> Result<()> {
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = AddressFamily::Inet;
+        msg.header.ifindex = link.index;
+        msg.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+        match self.handle.neighbours().del(msg).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if errno(&e) == Some(ENOENT) => Ok(()),
+            Err(e) => Err(self.err(format!("deleting neighbour {ip} on {}", link.name), e)),
+        }
+    }
+
+    /// The forwarding entries of VXLAN device `link` that name a remote: (MAC, remote address).
+    pub async fn vxlan_fdb(&self, link: &Link) -> Result<Vec<(Vec<u8>, Ipv4Addr)>> {
+        let msgs: Vec<NeighbourMessage> = self
+            .handle
+            .neighbours()
+            .get()
+            .set_address_family(AddressFamily::Bridge)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| self.err("listing forwarding entries", e))?;
+        Ok(msgs
+            .iter()
+            .filter(|m| m.header.ifindex == link.index)
+            .filter_map(|m| {
+                let mut dst = None;
+                let mut mac = None;
+                for a in &m.attributes {
+                    match a {
+                        // In a bridge-family message the address is not parsed by family.
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet(i)) => {
+                            dst = Some(*i)
+                        }
+                        NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => {
+                            dst = <[u8; 4]>::try_from(b.as_slice()).ok().map(Ipv4Addr::from)
+                        }
+                        NeighbourAttribute::LinkLayerAddress(l) => mac = Some(l.clone()),
+                        _ => {}
+                    }
+                }
+                Some((mac?, dst?))
+            })
+            .collect())
+    }
+
+    /// Adds the forwarding entry `mac` → `remote` on VXLAN device `link`.
+    pub async fn add_vxlan_fdb(&self, link: &Link, mac: &[u8], remote: Ipv4Addr) -> Result<()> {
+        self.handle
+            .neighbours()
+            .add_bridge(link.index, mac)
+            .destination(IpAddr::V4(remote))
+            .flags(NeighbourFlags::Own)
+            .state(NeighbourState::Permanent)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| {
+                self.err(
+                    format!("adding a forwarding entry to {remote} on {}", link.name),
+                    e,
+                )
+            })
+    }
+
+    pub async fn delete_vxlan_fdb(&self, link: &Link, mac: &[u8], remote: Ipv4Addr) -> Result<()> {
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = AddressFamily::Bridge;
+        msg.header.ifindex = link.index;
+        msg.header.flags = NeighbourFlags::Own;
+        msg.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+        msg.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
+                remote,
+            )));
+        match self.handle.neighbours().del(msg).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if errno(&e) == Some(ENOENT) => Ok(()),
+            Err(e) => Err(self.err(format!("deleting the forwarding entry to {remote}"), e)),
+        }
     }
 
     /// Adds (or replaces) the route `r`, tagged [`ROUTE_PROTOCOL`].
@@ -464,3 +634,4 @@ fn errno(e: &rtnetlink::Error) -> Option<i32> {
 const ENODEV: i32 = nix::errno::Errno::ENODEV as i32;
 const EADDRNOTAVAIL: i32 = nix::errno::Errno::EADDRNOTAVAIL as i32;
 const ESRCH: i32 = nix::errno::Errno::ESRCH as i32;
+const ENOENT: i32 = nix::errno::Errno::ENOENT as i32;

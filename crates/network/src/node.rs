@@ -6,7 +6,12 @@
 //!   was, so a host running one node does not start routing between its other interfaces.
 //! - Every other node's pod CIDR gets a route via that node's address, tagged
 //!   [`ROUTE_PROTOCOL`](crate::netlink::ROUTE_PROTOCOL) so reconciling never touches another
-//!   route. Nodes must share an L2 segment (as the nodes of `skiff cluster` do).
+//!   route. Nodes must share an L2 segment (as the nodes of `skiff cluster` do). With the
+//!   VXLAN backend instead (flannel's `vxlan`), a device `skiff.vx` (VNI 1, UDP 8472, a MAC
+//!   derived from the node's address) holds the node's pod CIDR network address as a /32, and
+//!   every other node's pod CIDR is routed `via <its network address> dev skiff.vx onlink`,
+//!   with a permanent neighbour entry for that address and a forwarding entry sending its MAC
+//!   to the node's address: nodes only need to reach each other's addresses.
 //! - A guard (nftables table `ip skiff-node-<bridge>`) drops what pods send towards anything outside
 //!   the cluster's pod CIDR unless it answers a connection made to them or was sent to a
 //!   Service (DNATed by the service proxy, e.g. to the API server's address): with forwarding
@@ -52,6 +57,38 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// How packets reach other nodes' pods.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Backend {
+    /// Routed via the other node's address: nodes must share an L2 segment.
+    #[default]
+    HostGw,
+    /// Encapsulated in VXLAN (VNI 1, UDP 8472, as flannel) to the other node's address, for
+    /// nodes that only reach each other through routers.
+    Vxlan,
+}
+
+/// The VXLAN device of the [`Backend::Vxlan`] backend.
+pub const VXLAN_DEVICE: &str = "skiff.vx";
+const VXLAN_VNI: u32 = 1;
+const VXLAN_PORT: u16 = 8472;
+/// Outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14) headers.
+const VXLAN_OVERHEAD: u32 = 50;
+
+/// The MAC of a node's VXLAN device, derived from the node's address, so that every node can
+/// compute its peers' without exchanging them (flannel publishes them in annotations instead).
+pub fn vtep_mac(node_ip: Ipv4Addr) -> [u8; 6] {
+    let o = node_ip.octets();
+    [0x02, 0x53, o[0], o[1], o[2], o[3]]
+}
+
+/// Another node's pods: its pod CIDR, behind its address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Peer {
+    pub pod_cidr: Ipv4Cidr,
+    pub node_ip: Ipv4Addr,
+}
+
 /// What the node's network needs to know.
 #[derive(Clone, Debug)]
 pub struct NodeNetConfig {
@@ -66,6 +103,9 @@ pub struct NodeNetConfig {
     /// Let pods reach addresses outside the cluster, masqueraded behind the node's address
     /// (off by default: then the guard drops such packets).
     pub masquerade_outside: bool,
+    pub backend: Backend,
+    /// This node's pod CIDR (the VXLAN device takes its network address).
+    pub pod_cidr: Ipv4Cidr,
 }
 
 /// The node's cluster network in the current network namespace.
@@ -105,12 +145,74 @@ impl NodeNetwork {
         {
             nl.add_address(&bridge, dns, 32).await?;
         }
-        info!(bridge = %cfg.bridge, forwarding = ?forwarding, "node network prepared");
+        if cfg.backend == Backend::Vxlan {
+            prepare_vxlan(&nl, &cfg).await?;
+        }
+        info!(bridge = %cfg.bridge, forwarding = ?forwarding, backend = ?cfg.backend, "node network prepared");
         Ok(NodeNetwork { nl, cfg })
     }
 
     pub fn config(&self) -> &NodeNetConfig {
         &self.cfg
+    }
+
+    /// Makes the way to every peer's pods exactly `peers`: routes via the peers (host-gw), or
+    /// routes, neighbours and forwarding entries over the VXLAN device.
+    pub async fn sync_peers(&self, peers: &[Peer]) -> Result<()> {
+        match self.cfg.backend {
+            Backend::HostGw => {
+                let routes: Vec<Route> = peers
+                    .iter()
+                    .map(|p| route_to(p.pod_cidr, p.node_ip))
+                    .collect();
+                self.sync_routes(&routes).await
+            }
+            Backend::Vxlan => self.sync_vxlan(peers).await,
+        }
+    }
+
+    async fn sync_vxlan(&self, peers: &[Peer]) -> Result<()> {
+        let vx = self
+            .nl
+            .link(VXLAN_DEVICE)
+            .await?
+            .ok_or_else(|| Error::NoBridge(VXLAN_DEVICE.to_owned()))?;
+        // Remote VTEP addresses (each peer's pod CIDR network address) and MACs.
+        let neigh: Vec<(Ipv4Addr, Vec<u8>)> = peers
+            .iter()
+            .map(|p| (p.pod_cidr.network(), vtep_mac(p.node_ip).to_vec()))
+            .collect();
+        let fdb: Vec<(Vec<u8>, Ipv4Addr)> = peers
+            .iter()
+            .map(|p| (vtep_mac(p.node_ip).to_vec(), p.node_ip))
+            .collect();
+        let routes: Vec<Route> = peers
+            .iter()
+            .map(|p| Route {
+                destination: p.pod_cidr.network(),
+                prefix_len: p.pod_cidr.prefix_len(),
+                gateway: p.pod_cidr.network(),
+                onlink_dev: Some(vx.index),
+            })
+            .collect();
+        // Entries first, then the routes that use them; on removal the other way round.
+        for (mac, remote) in self.nl.vxlan_fdb(&vx).await? {
+            if !fdb.contains(&(mac.clone(), remote)) {
+                self.nl.delete_vxlan_fdb(&vx, &mac, remote).await?;
+            }
+        }
+        for (ip, mac) in self.nl.permanent_neighbours(&vx).await? {
+            if !neigh.contains(&(ip, mac)) {
+                self.nl.delete_neighbour(&vx, ip).await?;
+            }
+        }
+        for (mac, remote) in &fdb {
+            self.nl.add_vxlan_fdb(&vx, mac, *remote).await?;
+        }
+        for (ip, mac) in &neigh {
+            self.nl.replace_neighbour(&vx, *ip, mac).await?;
+        }
+        self.sync_routes(&routes).await
     }
 
     /// Makes the skiff-tagged routes exactly `wanted`: adds the missing, deletes the others.
@@ -149,7 +251,52 @@ pub fn route_to(cidr: Ipv4Cidr, via: Ipv4Addr) -> Route {
         destination: cidr.network(),
         prefix_len: cidr.prefix_len(),
         gateway: via,
+        onlink_dev: None,
     }
+}
+
+/// The VXLAN device: created if missing, the node's pod CIDR network address as a /32, up.
+async fn prepare_vxlan(nl: &Netlink, cfg: &NodeNetConfig) -> Result<()> {
+    let uplink_mtu = match uplink_of(nl, cfg.node_ip).await? {
+        Some(name) => nl.link(&name).await?.and_then(|l| l.mtu).unwrap_or(1500),
+        None => 1500,
+    };
+    if nl.link(VXLAN_DEVICE).await?.is_none() {
+        nl.add_vxlan(
+            VXLAN_DEVICE,
+            VXLAN_VNI,
+            cfg.node_ip,
+            VXLAN_PORT,
+            vtep_mac(cfg.node_ip),
+            uplink_mtu.saturating_sub(VXLAN_OVERHEAD),
+        )
+        .await?;
+    }
+    let vx = nl
+        .link(VXLAN_DEVICE)
+        .await?
+        .ok_or_else(|| Error::NoBridge(VXLAN_DEVICE.to_owned()))?;
+    let own = (cfg.pod_cidr.network(), 32);
+    if !nl.ipv4_addresses(&vx).await?.contains(&own) {
+        nl.add_address(&vx, own.0, own.1).await?;
+    }
+    nl.set_link(
+        &vx,
+        crate::netlink::LinkChange {
+            up: true,
+            ..Default::default()
+        },
+    )
+    .await?;
+    std::fs::write(
+        format!("/proc/sys/net/ipv4/conf/{VXLAN_DEVICE}/forwarding"),
+        b"1",
+    )
+    .map_err(|source| Error::Forwarding {
+        link: VXLAN_DEVICE.to_owned(),
+        source,
+    })?;
+    Ok(())
 }
 
 /// The name of the link holding `ip`, if any.

@@ -41,6 +41,8 @@ fn prepares_forwarding_guard_dns_and_syncs_routes() {
                 cluster_cidr: "10.42.0.0/16".parse().unwrap(),
                 cluster_dns: Some(Ipv4Addr::new(10, 43, 0, 10)),
                 masquerade_outside: false,
+                backend: Default::default(),
+                pod_cidr: "10.42.0.0/24".parse().unwrap(),
             })
             .await?;
             // Twice: idempotent.
@@ -93,7 +95,8 @@ fn prepares_forwarding_guard_dns_and_syncs_routes() {
         Route {
             destination: Ipv4Addr::new(10, 42, 2, 0),
             prefix_len: 24,
-            gateway: Ipv4Addr::new(172, 30, 9, 4)
+            gateway: Ipv4Addr::new(172, 30, 9, 4),
+            onlink_dev: None,
         }
     );
 }

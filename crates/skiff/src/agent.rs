@@ -99,6 +99,11 @@ pub struct NodeArgs {
     /// dropped.
     #[arg(long)]
     pub masquerade_outside: bool,
+    /// How packets reach other nodes' pods: `host-gw` (routed via the node's address; nodes
+    /// share an L2 segment) or `vxlan` (encapsulated, UDP 8472; nodes only need to reach each
+    /// other's addresses).
+    #[arg(long, default_value = "host-gw", value_parser = backend)]
+    pub pod_network_backend: network::node::Backend,
     /// Run the node inside this network namespace (a path, or a name under /run/netns), as
     /// `skiff cluster` does for each of its nodes.
     #[arg(long)]
@@ -130,6 +135,7 @@ impl NodeArgs {
         cfg.pod_cidr = self.pod_cidr.clone();
         cfg.cluster_cidr = self.cluster_cidr.clone();
         cfg.masquerade_outside = self.masquerade_outside;
+        cfg.pod_network_backend = self.pod_network_backend;
         cfg.bridge = self.bridge_name.clone();
         cfg.eviction_hard = self.eviction_hard;
         for l in &self.node_labels {
@@ -146,6 +152,14 @@ impl NodeArgs {
             client_ca_pem: ca_pem.to_string(),
             runc: self.runc.clone(),
         })
+    }
+}
+
+fn backend(s: &str) -> Result<network::node::Backend, String> {
+    match s {
+        "host-gw" => Ok(network::node::Backend::HostGw),
+        "vxlan" => Ok(network::node::Backend::Vxlan),
+        other => Err(format!("{other:?}: expected host-gw or vxlan")),
     }
 }
 

@@ -57,6 +57,8 @@ pub struct NodeConfig {
     /// Masquerade what pods send outside the cluster behind the node's address (otherwise it
     /// is dropped).
     pub masquerade_outside: bool,
+    /// How packets reach other nodes' pods: routed (host-gw) or in VXLAN.
+    pub pod_network_backend: network::node::Backend,
     /// Name of the node-local bridge pods attach to.
     pub bridge: String,
     /// Hard eviction thresholds: below them the node reports pressure.
@@ -83,6 +85,7 @@ impl NodeConfig {
             pod_cidr: None,
             cluster_cidr: "10.42.0.0/16".into(),
             masquerade_outside: false,
+            pod_network_backend: network::node::Backend::HostGw,
             bridge: "skiff0".into(),
             eviction_hard: pressure::Thresholds::default(),
             node_cpu_millis: 0,

@@ -825,6 +825,8 @@ pub async fn start(client: kube::Client, opts: Options, shutdown: CancellationTo
         cluster_cidr,
         cluster_dns: Some(cfg.cluster_dns),
         masquerade_outside: cfg.masquerade_outside,
+        backend: cfg.pod_network_backend,
+        pod_cidr: subnet,
     })
     .await
     .context("setting up the node's cluster network")?;

@@ -1,6 +1,6 @@
-//! Routes to the other nodes' pods (host-gw): every Node with a pod CIDR and an `InternalIP`
-//! other than this one gets a route `podCIDR via InternalIP` in the node's namespace; a node
-//! that goes away takes its route with it. The whole set is reconciled on each change, so a
+//! The way to the other nodes' pods: every Node with a pod CIDR and an `InternalIP` other than
+//! this one is a peer, and the node network makes the way to it (`podCIDR via InternalIP` with
+//! host-gw, or over VXLAN); a node that goes away takes its way with it. The whole set is reconciled on each change, so a
 //! missed event or a restart costs nothing.
 
 use std::collections::BTreeMap;
@@ -12,8 +12,7 @@ use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::Node;
 use kube::Api;
 use kube::runtime::watcher;
-use network::netlink::Route;
-use network::node::{NodeNetwork, route_to};
+use network::node::{NodeNetwork, Peer};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
@@ -22,8 +21,8 @@ const SETTLE: Duration = Duration::from_millis(50);
 /// After a failed pass, the next one comes this much later at the latest.
 const RETRY: Duration = Duration::from_secs(5);
 
-/// The routes `nodes` call for, seen from node `me`.
-pub fn wanted_routes<'a>(me: &str, nodes: impl IntoIterator<Item = &'a Node>) -> Vec<Route> {
+/// The peers `nodes` call for, seen from node `me`.
+pub fn wanted_peers<'a>(me: &str, nodes: impl IntoIterator<Item = &'a Node>) -> Vec<Peer> {
     let mut routes = BTreeMap::new();
     for n in nodes {
         let name = n.metadata.name.as_deref().unwrap_or_default();
@@ -45,10 +44,16 @@ pub fn wanted_routes<'a>(me: &str, nodes: impl IntoIterator<Item = &'a Node>) ->
             .and_then(|a| a.iter().find(|a| a.type_ == "InternalIP"))
             .and_then(|a| a.address.parse::<Ipv4Addr>().ok());
         if let Some(ip) = ip {
-            routes.insert(name.to_string(), route_to(cidr, ip));
+            routes.insert(
+                name.to_string(),
+                Peer {
+                    pod_cidr: cidr,
+                    node_ip: ip,
+                },
+            );
         }
     }
-    let mut v: Vec<Route> = routes.into_values().collect();
+    let mut v: Vec<Peer> = routes.into_values().collect();
     v.sort();
     v.dedup();
     v
@@ -69,7 +74,7 @@ pub async fn run(
     // When the next pass is due: SETTLE after the first change since the last pass, RETRY
     // after a failed one.
     let mut due: Option<tokio::time::Instant> = None;
-    let mut applied: Option<Vec<Route>> = None;
+    let mut applied: Option<Vec<Peer>> = None;
     loop {
         let wake = due.unwrap_or_else(|| tokio::time::Instant::now() + RETRY);
         tokio::select! {
@@ -91,11 +96,11 @@ pub async fn run(
             _ = tokio::time::sleep_until(wake), if due.is_some() => {
                 due = None;
                 let nodes = reader.state();
-                let wanted = wanted_routes(&me, nodes.iter().map(|n| n.as_ref()));
+                let wanted = wanted_peers(&me, nodes.iter().map(|n| n.as_ref()));
                 if applied.as_ref() == Some(&wanted) {
                     continue;
                 }
-                match net.sync_routes(&wanted).await {
+                match net.sync_peers(&wanted).await {
                     Ok(()) => applied = Some(wanted),
                     Err(e) => {
                         warn!(error = %e, "syncing routes to other nodes' pods");
@@ -136,13 +141,12 @@ mod tests {
             node("d", Some("10.42.3.0/24"), None),
             node("e", Some("garbage"), Some("172.31.0.14")),
         ];
-        let r = wanted_routes("a", nodes.iter());
+        let r = wanted_peers("a", nodes.iter());
         assert_eq!(
             r,
-            vec![Route {
-                destination: Ipv4Addr::new(10, 42, 1, 0),
-                prefix_len: 24,
-                gateway: Ipv4Addr::new(172, 31, 0, 11),
+            vec![Peer {
+                pod_cidr: "10.42.1.0/24".parse().unwrap(),
+                node_ip: Ipv4Addr::new(172, 31, 0, 11),
             }]
         );
     }
