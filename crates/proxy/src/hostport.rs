@@ -46,9 +46,8 @@ pub fn host_ports<'a>(pods: impl IntoIterator<Item = &'a Pod>) -> (Vec<HostPort>
         let (Some(spec), Some(status)) = (&pod.spec, &pod.status) else {
             continue;
         };
-        if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed"))
-            || pod.metadata.deletion_timestamp.is_some() && status.pod_ip.is_none()
-        {
+        // A terminating pod keeps its ports until its sandbox is gone, as with portmap.
+        if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
             continue;
         }
         let Some(pod_ip) = status
