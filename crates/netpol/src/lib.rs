@@ -60,7 +60,7 @@
 //! enforcer against a real API server with pods in namespaces built by the `network` crate and
 //! fetches with busybox wget (each test in its own temporary namespaces, removed on drop; the
 //! root namespace's ruleset is compared before and after). Figures:
-//! `cargo run --release -p netpol --example bench`. Measured on this 2-core machine (shared,
+//! `cargo run --release -p netpol --example netpol_bench`. Measured on this 2-core machine (shared,
 //! so ±5%): with the table in place, connection and round-trip rates between two pods of one
 //! node drop about 10% (conntrack plus two base chains; a node running the service proxy pays
 //! for conntrack already); isolating the server by one policy costs nothing measurable beyond

@@ -1,4 +1,4 @@
-//! Benchmarks of rule programming, for `skiff bench` and `examples/bench.rs`: the whole
+//! Benchmarks of rule programming, for `skiff bench` and `examples/proxy_bench.rs`: the whole
 //! pipeline (model, render, diff, `nft -f -`) in a scratch network namespace, first without an
 //! API server (how long syncs take), then through one (how long a change takes from the API
 //! write to the applied transaction).

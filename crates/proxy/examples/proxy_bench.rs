@@ -2,7 +2,7 @@
 //! (unless `--no-api`) changes through an in-process API server. Needs root (it creates a
 //! scratch network namespace and runs nft in it).
 //!
-//! `cargo run --release -p proxy --example bench -- [--services N] [--endpoints M]
+//! `cargo run --release -p proxy --example proxy_bench -- [--services N] [--endpoints M]
 //! [--changes K] [--no-api]`
 
 use anyhow::{Context as _, Result, bail};

@@ -5,7 +5,7 @@
 //! policies (the allowing one evaluated last), in interleaved rounds. Rule update latency: API write → the kernel's
 //! map, and the enforcer's own watch event → transaction applied, on a small cluster and on one
 //! with 2,000 more pods and 100 more policies. As root:
-//! `cargo run --release -p netpol --example bench`.
+//! `cargo run --release -p netpol --example netpol_bench`.
 
 #[path = "../tests/support/mod.rs"]
 mod support;

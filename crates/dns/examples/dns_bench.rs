@@ -2,7 +2,7 @@
 //! loopback, and one client asking the Service's A record over UDP — first one query at a
 //! time (latency), then with several in flight (throughput). Prints a table.
 //!
-//! `cargo run --release -p dns --example bench [seconds per run, default 3]`
+//! `cargo run --release -p dns --example dns_bench [seconds per run, default 3]`
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
