@@ -21,8 +21,8 @@
 //! live events from a second bounded channel.
 
 mod format;
-mod state;
-mod writer;
+pub(crate) mod state;
+pub(crate) mod writer;
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::path::Path;
@@ -251,24 +251,10 @@ impl Store for EmbeddedStore {
     }
 
     fn watch(&self, prefix: &str, after: Revision) -> Result<Watch> {
-        let (tx, rx) = mpsc::channel(WATCH_CAPACITY);
-        let mut state = self.shared.write();
+        let state = self.shared.write();
         // Checked under the lock: the writer clears watchers under it after setting `closed`.
         self.check_open()?;
-        let replay = state.replay(prefix, after)?;
-        if replay.len() <= WATCH_CAPACITY / 2 {
-            for event in replay {
-                // Cannot fail: the channel is new and has room.
-                let _ = tx.try_send(event);
-            }
-            state.watchers.add(prefix, tx);
-            return Ok(Watch { rx });
-        }
-        let (live_tx, live_rx) = mpsc::channel(WATCH_CAPACITY);
-        state.watchers.add(prefix, live_tx);
-        drop(state);
-        forward(replay, live_rx, tx)?;
-        Ok(Watch { rx })
+        watch_state(state, prefix, after)
     }
 
     fn compact(&self, revision: Revision) -> Result<()> {
@@ -288,6 +274,30 @@ impl Store for EmbeddedStore {
         }
         .boxed()
     }
+}
+
+/// A new watcher of `prefix` on `state` (locked by the caller, so nothing is missed or
+/// duplicated between the replay after `after` and the live events).
+pub(crate) fn watch_state(
+    mut state: std::sync::RwLockWriteGuard<'_, state::State>,
+    prefix: &str,
+    after: Revision,
+) -> Result<Watch> {
+    let (tx, rx) = mpsc::channel(WATCH_CAPACITY);
+    let replay = state.replay(prefix, after)?;
+    if replay.len() <= WATCH_CAPACITY / 2 {
+        for event in replay {
+            // Cannot fail: the channel is new and has room.
+            let _ = tx.try_send(event);
+        }
+        state.watchers.add(prefix, tx);
+        return Ok(Watch { rx });
+    }
+    let (live_tx, live_rx) = mpsc::channel(WATCH_CAPACITY);
+    state.watchers.add(prefix, live_tx);
+    drop(state);
+    forward(replay, live_rx, tx)?;
+    Ok(Watch { rx })
 }
 
 /// Feeds `out` with `replay`, then with the live events.

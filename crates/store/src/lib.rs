@@ -10,8 +10,10 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 
 pub mod embedded;
+pub mod etcd;
 
 pub use embedded::{EmbeddedStore, Options};
+pub use etcd::EtcdStore;
 
 /// A global revision: every successful write gets the next one.
 pub type Revision = u64;
@@ -51,6 +53,9 @@ pub enum Error {
     Corrupt(String),
     #[error("store is closed")]
     Closed,
+    /// The backend (etcd) failed or could not be reached.
+    #[error("store backend failed: {0}")]
+    Backend(String),
     /// Another process (or another open in this one) holds the store directory.
     #[error("store directory {0} is locked by another process")]
     Locked(String),

@@ -53,6 +53,21 @@ pub(super) fn test_image() -> Result<PathBuf> {
     Ok(tar)
 }
 
+/// `skiff image import --data-dir dir tar`.
+pub(super) fn import_image(dir: &Path, tar: &Path) -> Result<()> {
+    let st = std::process::Command::new(std::env::current_exe()?)
+        .args(["image", "import", "--data-dir"])
+        .arg(dir)
+        .arg(tar)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()?;
+    if !st.success() {
+        bail!("importing {} failed", tar.display());
+    }
+    Ok(())
+}
+
 /// Memory of one process in MB: (VmRSS, Pss, RssAnon). Pss divides shared pages among the
 /// processes that map them, so it is the per-container cost; VmRSS counts the shared binary
 /// and libc pages in full for each shim.
@@ -152,29 +167,13 @@ fn runc_runs(layer: &Path, n: usize) -> Result<Vec<Duration>> {
 
 pub async fn bench(args: &BenchArgs) -> Result<Vec<Figure>> {
     let mut figs = Vec::new();
-    let mut fig = |name: String, value: f64, unit: &'static str, target: &'static str| {
-        figs.push(Figure {
-            name,
-            value,
-            unit,
-            target,
-        })
-    };
     let n = args.node_pods;
     let tar = test_image()?;
+    let _tables = super::TablesGuard::new();
     let (server, _) = start_server(&[]).await?;
     let agent_dir = server.dir.path().join("node");
     let exe = std::env::current_exe()?;
-    let st = std::process::Command::new(&exe)
-        .args(["image", "import", "--data-dir"])
-        .arg(&agent_dir)
-        .arg(&tar)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()?;
-    if !st.success() {
-        bail!("importing {} failed", tar.display());
-    }
+    import_image(&agent_dir, &tar)?;
     let token = std::fs::read_to_string(server.dir.path().join("server/token"))?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -209,11 +208,12 @@ pub async fn bench(args: &BenchArgs) -> Result<Vec<Figure>> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
-    fig(
-        "agent RSS, idle".into(),
-        rss_mb(agent.0.id())?,
-        "MB",
-        "< 20 (k3s agent ~275)",
+    figs.push(
+        Figure::new("agent_rss_idle_mb", rss_mb(agent.0.id())?, "MB")
+            .about("a real node's agent (kubelet, runtime, proxy, DNS), idle, no pods")
+            .target("< 20")
+            .anchor("k3s agent ~275 MB")
+            .at_most(200.0),
     );
 
     make_namespace(&c0, NS).await?;
@@ -238,46 +238,30 @@ pub async fn bench(args: &BenchArgs) -> Result<Vec<Figure>> {
     }
     watcher.abort();
     let lat = tl.latencies(&tl.created, &tl.running, 0..n);
-    fig(
-        format!("pod startup p50 ({n} pods, create→Running)"),
-        ms(percentile(&lat, 0.5)),
-        "ms",
-        "< 100",
-    );
-    fig(
-        format!("pod startup p99 ({n} pods, create→Running)"),
-        ms(percentile(&lat, 0.99)),
-        "ms",
-        "< 250 (SLO 5 s)",
-    );
     let shims = shim_mem(&agent_dir);
     let avg = |f: fn(&(f64, f64, f64)) -> f64| {
         shims.iter().map(f).sum::<f64>() / shims.len().max(1) as f64
     };
     let count = shims.len();
-    fig(
-        format!("shim VmRSS per container (avg of {count})"),
-        avg(|m| m.0),
-        "MB",
-        "< 2",
+    figs.push(
+        Figure::new("shim_rss_mb", avg(|m| m.0), "MB").about(format!(
+            "shim VmRSS per container, average of {count} (shared pages counted in each)"
+        )),
     );
-    fig(
-        format!("shim PSS per container (avg of {count})"),
-        avg(|m| m.1),
-        "MB",
-        "< 2",
+    figs.push(
+        Figure::new("shim_pss_mb", avg(|m| m.1), "MB")
+            .about(format!(
+                "shim PSS per container, average of {count}: the per-pod overhead"
+            ))
+            .target("< 2")
+            .at_most(20.0),
     );
-    fig(
-        format!("shim anonymous RSS per container (avg of {count})"),
-        avg(|m| m.2),
-        "MB",
-        "",
+    figs.push(
+        Figure::new("shim_anon_mb", avg(|m| m.2), "MB").about("shim anonymous RSS per container"),
     );
-    fig(
-        format!("agent RSS, {n} pods running"),
-        rss_mb(agent.0.id())?,
-        "MB",
-        "",
+    figs.push(
+        Figure::new("agent_rss_pods_mb", rss_mb(agent.0.id())?, "MB")
+            .about(format!("agent RSS with {n} pods running")),
     );
 
     // runc on the same image layer.
@@ -289,17 +273,19 @@ pub async fn bench(args: &BenchArgs) -> Result<Vec<Figure>> {
         .find(|p| p.join("bin/busybox").exists())
         .context("the busybox layer was not found")?;
     let runs = runc_runs(&layer, n.min(50))?;
-    fig(
-        format!("runc run -d p50 ({} runs, same image)", runs.len()),
-        ms(percentile(&runs, 0.5)),
-        "ms",
-        "peer",
+    figs.push(
+        Figure::new("pod_startup_p50_ms", ms(percentile(&lat, 0.5)), "ms")
+            .about(format!("{n} pods one after another, create to Running seen by a watch; peer: `runc run -d` of the same rootfs ({} runs)", runs.len()))
+            .peer("runc", ms(percentile(&runs, 0.5)))
+            .target("< 100")
+            .at_most(1_000.0),
     );
-    fig(
-        format!("runc run -d p99 ({} runs, same image)", runs.len()),
-        ms(percentile(&runs, 0.99)),
-        "ms",
-        "peer",
+    figs.push(
+        Figure::new("pod_startup_p99_ms", ms(percentile(&lat, 0.99)), "ms")
+            .peer("runc", ms(percentile(&runs, 0.99)))
+            .target("< 250")
+            .anchor("upstream SLO: p99 <= 5 s")
+            .at_most(2_500.0),
     );
 
     // Delete everything and wait until the node has removed it.
@@ -331,11 +317,9 @@ pub async fn bench(args: &BenchArgs) -> Result<Vec<Figure>> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    fig(
-        format!("delete {n} pods until gone"),
-        t.elapsed().as_secs_f64(),
-        "s",
-        "",
+    figs.push(
+        Figure::new("node_delete_pods_s", t.elapsed().as_secs_f64(), "s")
+            .about(format!("delete {n} pods until the API has none left")),
     );
     drop(agent);
     // Containers outlive the agent by design; with every pod deleted, what remains of the node

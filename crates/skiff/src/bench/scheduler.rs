@@ -13,7 +13,10 @@ use http::{Method, StatusCode};
 use http_body_util::BodyExt;
 use serde::Deserialize;
 
-use super::{BenchArgs, Figure, concurrent, make_namespace, ms, percentile, rss_mb, start_server};
+use super::{
+    BenchArgs, Figure, ServerProcess, concurrent, make_namespace, ms, percentile, rss_mb,
+    start_server,
+};
 
 const NS: &str = "bench-sched";
 /// How often the simulated nodes renew their Leases (upstream kubelet: a quarter of 40 s).
@@ -302,23 +305,17 @@ fn rate(n: usize, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64().max(1e-9)
 }
 
-pub async fn bench(args: &BenchArgs) -> Result<Vec<Figure>> {
-    let mut figs = Vec::new();
-    let mut fig = |name: String, value: f64, unit: &'static str, target: &'static str| {
-        figs.push(Figure {
-            name,
-            value,
-            unit,
-            target,
-        })
-    };
-    let extra: Vec<&str> = args.server_args.iter().map(String::as_str).collect();
-    let (server, _) = start_server(&extra).await?;
+/// Simulated nodes: an agent process, killed when dropped.
+async fn simulated_nodes(
+    server: &ServerProcess,
+    c0: &Client,
+    nodes: usize,
+) -> Result<(Killed, Duration)> {
     let token = std::fs::read_to_string(server.dir.path().join("server/token"))?;
     let started = Instant::now();
     let agent = Killed(
         std::process::Command::new(std::env::current_exe()?)
-            .args(["agent", "--simulated-nodes", &args.nodes.to_string()])
+            .args(["agent", "--simulated-nodes", &nodes.to_string()])
             .args(["--server", &format!("https://127.0.0.1:{}", server.port)])
             .args(["--token", token.trim(), "--data-dir"])
             .arg(server.dir.path().join("sim-agent"))
@@ -328,62 +325,48 @@ pub async fn bench(args: &BenchArgs) -> Result<Vec<Figure>> {
             .spawn()
             .context("starting skiff agent")?,
     );
-    let c0 = Client::connect(&server.kubeconfig, server.port).await?;
-    let nodes = args.nodes;
-    loop {
-        if ready_nodes(&c0).await? >= nodes {
-            break;
-        }
+    while ready_nodes(c0).await? < nodes {
         if started.elapsed() > Duration::from_secs(300) {
             bail!("{nodes} simulated nodes did not become Ready");
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    fig(
-        format!("{nodes} simulated nodes registered and Ready"),
-        started.elapsed().as_secs_f64(),
-        "s",
-        "",
-    );
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let pid = server.child.id();
-    fig(
-        format!("server RSS with {nodes} nodes"),
-        rss_mb(pid)?,
-        "MB",
-        "",
-    );
+    Ok((agent, started.elapsed()))
+}
 
-    make_namespace(&c0, NS).await?;
-    let (_, b) = c0
-        .request(
-            Method::GET,
-            &format!("/api/v1/namespaces/{NS}/pods?limit=1"),
-            None,
-        )
-        .await?;
-    let list: serde_json::Value = serde_json::from_slice(&b)?;
-    let rv = list["metadata"]["resourceVersion"]
-        .as_str()
-        .context("no resourceVersion")?
-        .to_string();
-    let rv_before: u64 = rv.parse()?;
-    let tl = Arc::new(Timeline::new(args.total_pods));
+/// What one burst of pod creates measured.
+struct Burst {
+    create_wall: Duration,
+    bound_wall: Duration,
+    running_wall: Duration,
+    bind_lat: Vec<Duration>,
+    run_lat: Vec<Duration>,
+    /// Store writes per pod while the burst ran (all kinds).
+    writes_per_pod: f64,
+}
+
+/// Creates `n` pods from `body` in the new namespace `ns` and waits until all are bound and
+/// Running. With `hold` the watch keeps running (and the timeline growing) for later pods.
+async fn burst(
+    server: &ServerProcess,
+    clients: &[Client],
+    ns: &'static str,
+    body: fn(&str, &str) -> Vec<u8>,
+    n: usize,
+    capacity: usize,
+) -> Result<(Burst, Arc<Timeline>, tokio::task::JoinHandle<Result<()>>)> {
+    let c0 = &clients[0];
+    make_namespace(c0, ns).await?;
+    let rv_before = current_revision(c0).await?;
+    let tl = Arc::new(Timeline::new(capacity.max(n)));
     let watcher = tokio::spawn(follow(
         Client::connect(&server.kubeconfig, server.port).await?,
-        NS,
-        rv,
+        ns,
+        rv_before.to_string(),
         tl.clone(),
     ));
-    let mut clients = Vec::new();
-    for _ in 0..args.clients {
-        clients.push(Client::connect(&server.kubeconfig, server.port).await?);
-    }
-
-    // The measured burst.
-    let n = args.pods;
     let t0 = Duration::from_micros(tl.now());
-    let create_wall = create_pods(&clients, &tl, NS, super::api::pod, 0..n).await?;
+    let create_wall = create_pods(clients, &tl, ns, body, 0..n).await?;
     let timeout = Duration::from_secs(120 + n as u64 / 50);
     wait_until("pods bound", timeout, || {
         watcher.is_finished() || tl.bound_count.load(Ordering::Relaxed) >= n
@@ -397,59 +380,145 @@ pub async fn bench(args: &BenchArgs) -> Result<Vec<Figure>> {
         watcher.await??;
         bail!("the pod watch ended");
     }
-    let rv_after = current_revision(&c0).await?;
-    let bound_wall = tl.last(&tl.bound, 0..n).saturating_sub(t0);
-    let running_wall = tl.last(&tl.running, 0..n).saturating_sub(t0);
-    fig(
-        format!("pods created/s ({n} pods, {} clients)", args.clients),
-        rate(n, create_wall),
-        "1/s",
-        "",
+    let rv_after = current_revision(c0).await?;
+    let b = Burst {
+        create_wall,
+        bound_wall: tl.last(&tl.bound, 0..n).saturating_sub(t0),
+        running_wall: tl.last(&tl.running, 0..n).saturating_sub(t0),
+        bind_lat: tl.latencies(&tl.created, &tl.bound, 0..n),
+        run_lat: tl.latencies(&tl.created, &tl.running, 0..n),
+        writes_per_pod: rv_after.saturating_sub(rv_before) as f64 / n as f64,
+    };
+    Ok((b, tl, watcher))
+}
+
+/// A pod with required anti-affinity against the pods of its colour (one of 8) per node.
+fn anti_affinity_pod(ns: &str, name: &str) -> Vec<u8> {
+    let colour = name
+        .bytes()
+        .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32))
+        % 8;
+    let selector = serde_json::json!({ "matchLabels": { "colour": format!("c{colour}") } });
+    serde_json::to_vec(&serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": { "name": name, "namespace": ns, "labels": { "colour": format!("c{colour}") } },
+        "spec": {
+            "containers": [{ "name": "c", "image": "busybox:1.36",
+                "resources": { "requests": { "cpu": "10m", "memory": "16Mi" } } }],
+            "affinity": { "podAntiAffinity": { "requiredDuringSchedulingIgnoredDuringExecution": [
+                { "labelSelector": selector, "topologyKey": "kubernetes.io/hostname" }] } },
+        },
+    }))
+    .unwrap_or_default()
+}
+
+/// A pod spread over nodes with maxSkew 1 (DoNotSchedule).
+fn spread_pod(ns: &str, name: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": { "name": name, "namespace": ns, "labels": { "app": "spread" } },
+        "spec": {
+            "containers": [{ "name": "c", "image": "busybox:1.36",
+                "resources": { "requests": { "cpu": "10m", "memory": "16Mi" } } }],
+            "topologySpreadConstraints": [{ "maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
+                "whenUnsatisfiable": "DoNotSchedule",
+                "labelSelector": { "matchLabels": { "app": "spread" } } }],
+        },
+    }))
+    .unwrap_or_default()
+}
+
+const BIN_PACKING: &str = "apiVersion: kubescheduler.config.k8s.io/v1
+kind: KubeSchedulerConfiguration
+profiles:
+- pluginConfig:
+  - name: NodeResourcesFit
+    args:
+      scoringStrategy:
+        type: MostAllocated
+";
+
+pub async fn bench(args: &BenchArgs) -> Result<Vec<Figure>> {
+    let mut figs = Vec::new();
+    let extra: Vec<&str> = args.server_args.iter().map(String::as_str).collect();
+    let (server, _) = start_server(&extra).await?;
+    let c0 = Client::connect(&server.kubeconfig, server.port).await?;
+    let nodes = args.nodes;
+    let (agent, registered) = simulated_nodes(&server, &c0, nodes).await?;
+    figs.push(
+        Figure::new("sim_nodes_ready_s", registered.as_secs_f64(), "s")
+            .about(format!("{nodes} simulated nodes registered and Ready")),
     );
-    fig(
-        format!("pods bound/s (create to bound, {nodes} nodes)"),
-        rate(n, bound_wall),
-        "1/s",
-        ">= 5000",
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let pid = server.child.id();
+    figs.push(
+        Figure::new("server_rss_nodes_mb", rss_mb(pid)?, "MB")
+            .about(format!("server RSS with {nodes} nodes")),
     );
-    fig(
-        "pods Running/s (create to Running)".into(),
-        rate(n, running_wall),
-        "1/s",
-        "",
+    let mut clients = Vec::new();
+    for _ in 0..args.clients {
+        clients.push(Client::connect(&server.kubeconfig, server.port).await?);
+    }
+
+    // The measured burst, on a watch that stays to follow the fill-up below.
+    let n = args.pods;
+    let total = args.total_pods;
+    let (b, tl, watcher) = burst(&server, &clients, NS, super::api::pod, n, total).await?;
+    figs.push(
+        Figure::new(
+            "scheduler_pods_created_per_s",
+            rate(n, b.create_wall),
+            "1/s",
+        )
+        .about(format!("{n} pod creates, {} clients", args.clients)),
     );
-    fig(
-        "store writes per pod (all kinds, while running)".into(),
-        rv_after.saturating_sub(rv_before) as f64 / n as f64,
-        "",
-        "",
+    figs.push(
+        Figure::new("scheduler_pods_per_s", rate(n, b.bound_wall), "1/s")
+            .about(format!(
+                "{n} pods, create to bound, on {nodes} simulated nodes"
+            ))
+            .target(">= 5000")
+            .anchor("kube-scheduler threshold 270-390 pods/s (scheduler_perf)")
+            .at_least(100.0),
     );
-    let bind_lat = tl.latencies(&tl.created, &tl.bound, 0..n);
-    fig(
-        "create to bound p50".into(),
-        ms(percentile(&bind_lat, 0.5)),
+    figs.push(
+        Figure::new(
+            "scheduler_pods_running_per_s",
+            rate(n, b.running_wall),
+            "1/s",
+        )
+        .about("the same pods, create to Running (simulated kubelet)"),
+    );
+    figs.push(
+        Figure::new("scheduler_writes_per_pod", b.writes_per_pod, "")
+            .about("store writes per pod while the burst ran (all kinds)"),
+    );
+    figs.push(Figure::new(
+        "scheduler_bind_p50_ms",
+        ms(percentile(&b.bind_lat, 0.5)),
         "ms",
-        "",
+    ));
+    figs.push(
+        Figure::new(
+            "scheduler_bind_p99_ms",
+            ms(percentile(&b.bind_lat, 0.99)),
+            "ms",
+        )
+        .about("create to bound, under the burst's queue"),
     );
-    fig(
-        "create to bound p99".into(),
-        ms(percentile(&bind_lat, 0.99)),
-        "ms",
-        "",
-    );
-    let run_lat = tl.latencies(&tl.created, &tl.running, 0..n);
-    fig(
-        "create to Running p99".into(),
-        ms(percentile(&run_lat, 0.99)),
-        "ms",
-        "",
+    figs.push(
+        Figure::new(
+            "scheduler_running_p99_ms",
+            ms(percentile(&b.run_lat, 0.99)),
+            "ms",
+        )
+        .anchor("upstream SLO: pod startup p99 <= 5 s"),
     );
 
     // Fill the server up and let the Leases turn over before reading its memory.
-    let total = args.total_pods;
     if total > n {
         create_pods(&clients, &tl, NS, super::api::pod, n..total).await?;
-        wait_until("all pods Running", timeout * 3, || {
+        wait_until("all pods Running", Duration::from_secs(600), || {
             watcher.is_finished() || tl.running_count.load(Ordering::Relaxed) >= total
         })
         .await?;
@@ -464,19 +533,70 @@ pub async fn bench(args: &BenchArgs) -> Result<Vec<Figure>> {
     if ready < nodes {
         bail!("only {ready} of {nodes} nodes Ready while holding {total} pods");
     }
-    fig(
-        format!("server RSS, {nodes} nodes + {total} pods"),
-        rss_mb(pid)?,
-        "MB",
-        "",
+    figs.push(
+        Figure::new("server_rss_full_mb", rss_mb(pid)?, "MB")
+            .about(format!(
+                "server RSS, {nodes} nodes + {total} pods, Leases renewed every 10 s"
+            ))
+            .at_most(8_000.0),
     );
-    fig(
-        format!("agent RSS, {nodes} simulated nodes"),
-        rss_mb(agent.0.id())?,
-        "MB",
-        "",
+    figs.push(
+        Figure::new("sim_agent_rss_mb", rss_mb(agent.0.id())?, "MB")
+            .about(format!("agent RSS playing {nodes} simulated nodes")),
     );
+    // The same burst with scheduling constraints that cost per node and per pod, on the full
+    // server.
+    for (ns, body, name, about) in [
+        (
+            "bench-anti",
+            anti_affinity_pod as fn(&str, &str) -> Vec<u8>,
+            "scheduler_anti_affinity_pods_per_s",
+            "required pod anti-affinity per node (8 label groups)",
+        ),
+        (
+            "bench-spread",
+            spread_pod,
+            "scheduler_spread_pods_per_s",
+            "topology spread over nodes, maxSkew 1, DoNotSchedule",
+        ),
+    ] {
+        let (b, _, w) = burst(&server, &clients, ns, body, n, n).await?;
+        w.abort();
+        figs.push(
+            Figure::new(name, rate(n, b.bound_wall), "1/s")
+                .about(format!("{n} pods, create to bound: {about}"))
+                .at_least(20.0),
+        );
+    }
+
     watcher.abort();
+    drop(agent);
+    drop(server);
+
+    // Bin-packing: MostAllocated scoring from a scheduler configuration file.
+    let config = tempfile::NamedTempFile::new()?;
+    std::fs::write(config.path(), BIN_PACKING)?;
+    let config_path = config.path().to_string_lossy().into_owned();
+    let mut extra = extra;
+    extra.extend(["--scheduler-config", &config_path]);
+    let (server, _) = start_server(&extra).await?;
+    let c0 = Client::connect(&server.kubeconfig, server.port).await?;
+    let (agent, _) = simulated_nodes(&server, &c0, nodes).await?;
+    let mut clients = Vec::new();
+    for _ in 0..args.clients {
+        clients.push(Client::connect(&server.kubeconfig, server.port).await?);
+    }
+    let (b, _, w) = burst(&server, &clients, NS, super::api::pod, n, n).await?;
+    w.abort();
+    figs.push(
+        Figure::new(
+            "scheduler_bin_packing_pods_per_s",
+            rate(n, b.bound_wall),
+            "1/s",
+        )
+        .about(format!("{n} pods, create to bound, MostAllocated scoring"))
+        .at_least(100.0),
+    );
     drop(agent);
     Ok(figs)
 }

@@ -130,6 +130,14 @@ impl State {
         self.history.range(start..)
     }
 
+    /// The retained event of `key`'s change at `revision`.
+    pub fn history_event(&self, revision: Revision, key: &str) -> Option<&Event> {
+        self.changes_after(revision.saturating_sub(1))
+            .take_while(|c| c.event.kv.mod_revision == revision)
+            .find(|c| &*c.event.kv.key == key)
+            .map(|c| &*c.event)
+    }
+
     /// The events after `after` under `prefix`, for a new watcher.
     pub fn replay(&self, prefix: &str, after: Revision) -> Result<Vec<Arc<Event>>> {
         if after > self.revision {
