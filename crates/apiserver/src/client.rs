@@ -21,33 +21,7 @@ pub struct Client {
 impl Client {
     /// Connects to `127.0.0.1:port` as the kubeconfig's user.
     pub async fn connect(kubeconfig: &Path, port: u16) -> Result<Client> {
-        use base64::Engine as _;
-        let kc: Value = serde_yaml_ng::from_str(&std::fs::read_to_string(kubeconfig)?)?;
-        let b64 = |v: &Value| -> Result<Vec<u8>> {
-            Ok(base64::engine::general_purpose::STANDARD
-                .decode(v.as_str().context("missing kubeconfig field")?)?)
-        };
-        let ca = b64(&kc["clusters"][0]["cluster"]["certificate-authority-data"])?;
-        let cert = b64(&kc["users"][0]["user"]["client-certificate-data"])?;
-        let key = b64(&kc["users"][0]["user"]["client-key-data"])?;
-        let mut roots = rustls::RootCertStore::empty();
-        for c in rustls_pemfile::certs(&mut ca.as_slice()) {
-            roots.add(c?)?;
-        }
-        let certs = rustls_pemfile::certs(&mut cert.as_slice()).collect::<Result<Vec<_>, _>>()?;
-        let key = rustls_pemfile::private_key(&mut key.as_slice())?.context("no client key")?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_client_auth_cert(certs, key)?;
-        cfg.alpn_protocols = vec![b"h2".to_vec()];
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-        tcp.set_nodelay(true)?;
-        let name = rustls::pki_types::ServerName::try_from("localhost")?;
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
-            .connect(name, tcp)
-            .await?;
+        let tls = tls_connect(kubeconfig, port, b"h2").await?;
         let (tx, conn) =
             hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await?;
         tokio::spawn(conn);
@@ -95,4 +69,40 @@ impl Client {
         tx.ready().await?;
         Ok(tx.send_request(req).await?)
     }
+}
+
+/// A TLS connection to `127.0.0.1:port` as the kubeconfig's user, offering `alpn` (`h2`, or
+/// `http/1.1` for a WebSocket upgrade).
+pub async fn tls_connect(
+    kubeconfig: &Path,
+    port: u16,
+    alpn: &[u8],
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    use base64::Engine as _;
+    let kc: Value = serde_yaml_ng::from_str(&std::fs::read_to_string(kubeconfig)?)?;
+    let b64 = |v: &Value| -> Result<Vec<u8>> {
+        Ok(base64::engine::general_purpose::STANDARD
+            .decode(v.as_str().context("missing kubeconfig field")?)?)
+    };
+    let ca = b64(&kc["clusters"][0]["cluster"]["certificate-authority-data"])?;
+    let cert = b64(&kc["users"][0]["user"]["client-certificate-data"])?;
+    let key = b64(&kc["users"][0]["user"]["client-key-data"])?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut ca.as_slice()) {
+        roots.add(c?)?;
+    }
+    let certs = rustls_pemfile::certs(&mut cert.as_slice()).collect::<Result<Vec<_>, _>>()?;
+    let key = rustls_pemfile::private_key(&mut key.as_slice())?.context("no client key")?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs, key)?;
+    cfg.alpn_protocols = vec![alpn.to_vec()];
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    tcp.set_nodelay(true)?;
+    let name = rustls::pki_types::ServerName::try_from("localhost")?;
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(name, tcp)
+        .await?)
 }

@@ -115,7 +115,10 @@ fn shim_mem(dir: &Path) -> Vec<(f64, f64, f64)> {
 
 /// `runc run -d` of the same rootfs: the time from the command to a started container, `n`
 /// times; each container is removed before the next.
-fn runc_runs(layer: &Path, n: usize) -> Result<Vec<Duration>> {
+///
+/// With `execs` > 0, also times `runc exec <first container> true` that many times (the peer of
+/// `kubectl exec`): returned second, sorted.
+fn runc_runs(layer: &Path, n: usize, execs: usize) -> Result<(Vec<Duration>, Vec<Duration>)> {
     let runc = ["/usr/sbin/runc", "/usr/bin/runc"]
         .into_iter()
         .find(|p| Path::new(p).exists())
@@ -138,6 +141,7 @@ fn runc_runs(layer: &Path, n: usize) -> Result<Vec<Duration>> {
     std::fs::write(&cfg_path, serde_json::to_vec(&cfg)?)?;
     let state = dir.path().join("state");
     let mut out = Vec::new();
+    let mut exec_times = Vec::new();
     for i in 0..n {
         let id = format!("skiff-bench-{}-{i}", std::process::id());
         let t = Instant::now();
@@ -151,6 +155,23 @@ fn runc_runs(layer: &Path, n: usize) -> Result<Vec<Duration>> {
             .stderr(std::process::Stdio::null())
             .status()?;
         let took = t.elapsed();
+        if i == 0 && st.success() {
+            for _ in 0..execs {
+                let t = Instant::now();
+                let ok = std::process::Command::new(runc)
+                    .arg("--root")
+                    .arg(&state)
+                    .args(["exec", &id, "true"])
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::null())
+                    .status()?
+                    .success();
+                if !ok {
+                    bail!("runc exec failed");
+                }
+                exec_times.push(t.elapsed());
+            }
+        }
         let _ = std::process::Command::new(runc)
             .arg("--root")
             .arg(&state)
@@ -160,6 +181,51 @@ fn runc_runs(layer: &Path, n: usize) -> Result<Vec<Duration>> {
             bail!("runc run failed");
         }
         out.push(took);
+    }
+    out.sort();
+    exec_times.sort();
+    Ok((out, exec_times))
+}
+
+/// `exec` of `true` in `pod` through the API server, as `kubectl exec` does it: a new TLS
+/// connection, a WebSocket upgrade (v5.channel.k8s.io), the output channels until the status
+/// message and the close. `n` times, sorted.
+async fn api_execs(server: &super::ServerProcess, pod: &str, n: usize) -> Result<Vec<Duration>> {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let path =
+        format!("/api/v1/namespaces/{NS}/pods/{pod}/exec?command=true&stdout=true&stderr=true");
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let t = Instant::now();
+        let tls =
+            apiserver::client::tls_connect(&server.kubeconfig, server.port, b"http/1.1").await?;
+        let mut req = format!("wss://localhost:{}{path}", server.port).into_client_request()?;
+        req.headers_mut()
+            .insert("sec-websocket-protocol", "v5.channel.k8s.io".parse()?);
+        let (mut ws, _) = tokio_tungstenite::client_async(req, tls)
+            .await
+            .context("exec: WebSocket upgrade")?;
+        let mut status = None;
+        loop {
+            match tokio::time::timeout(Duration::from_secs(30), ws.next())
+                .await
+                .context("exec did not finish")?
+            {
+                Some(Ok(Message::Binary(b))) if b.first() == Some(&3) => {
+                    status = Some(String::from_utf8_lossy(&b[1..]).into_owned());
+                }
+                Some(Ok(Message::Close(_))) | None => break,
+                Some(Ok(_)) => {}
+                Some(Err(e)) => bail!("exec: {e}"),
+            }
+        }
+        out.push(t.elapsed());
+        match status {
+            Some(s) if s.contains("\"Success\"") => {}
+            other => bail!("exec of true did not succeed: {other:?}"),
+        }
     }
     out.sort();
     Ok(out)
@@ -272,7 +338,19 @@ pub async fn bench(args: &BenchArgs) -> Result<Vec<Figure>> {
         .map(|e| e.path().join("fs"))
         .find(|p| p.join("bin/busybox").exists())
         .context("the busybox layer was not found")?;
-    let runs = runc_runs(&layer, n.min(50))?;
+    let execs = if args.quick { 10 } else { 50 };
+    let (runs, runc_execs) = runc_runs(&layer, n.min(50), execs)?;
+    let our_execs = api_execs(&server, "pod-0", execs).await?;
+    figs.push(
+        Figure::new("exec_p50_ms", ms(percentile(&our_execs, 0.5)), "ms")
+            .about(format!("exec of `true` through the API server as kubectl does it (new TLS connection, WebSocket, status), {execs} times; peer: `runc exec` of the same"))
+            .peer("runc", ms(percentile(&runc_execs, 0.5)))
+            .at_most(1_000.0),
+    );
+    figs.push(
+        Figure::new("exec_p99_ms", ms(percentile(&our_execs, 0.99)), "ms")
+            .peer("runc", ms(percentile(&runc_execs, 0.99))),
+    );
     figs.push(
         Figure::new("pod_startup_p50_ms", ms(percentile(&lat, 0.5)), "ms")
             .about(format!("{n} pods one after another, create to Running seen by a watch; peer: `runc run -d` of the same rootfs ({} runs)", runs.len()))
